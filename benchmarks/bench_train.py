@@ -1,0 +1,67 @@
+"""Times one MNIST-sized training epoch (60,000 examples, batch 100) for plain and LC-LMT.
+
+  python benchmarks/bench_train.py --repeats 7
+
+The epoch is one jitted call over the on-device dataset (the same function the trainer uses);
+compilation is timed separately. Methods are interleaved so machine noise hits both alike.
+Pixel values do not change the cost, so the images are random uint8 of MNIST's shape.
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lclmt_jax import configs, models, train  # noqa: E402
+
+
+def make_epoch(method: str, num_examples: int, batch_size: int):
+    config = configs.default_config()
+    config.method, config.batch_size = method, batch_size
+    mesh = train.make_mesh()
+    model = models.create_model(config, 10)
+    tx = train.create_optimizer(config, num_examples // batch_size)
+    state = train.replicate(mesh, train.create_train_state(model, tx, jax.random.key(0),
+                                                           (28, 28, 1)))
+    return train.make_train_epoch(model, tx, config, mesh, num_examples), state, mesh
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--repeats', type=int, default=7)
+    parser.add_argument('--examples', type=int, default=60_000)
+    parser.add_argument('--batch_size', type=int, default=100)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (args.examples, 28, 28, 1), dtype=np.uint8)
+    labels = rng.integers(0, 10, args.examples).astype(np.int32)
+
+    runners, times = {}, {}
+    for method in ('plain', 'lc_lmt'):
+        epoch, state, mesh = make_epoch(method, args.examples, args.batch_size)
+        data = train.replicate(mesh, (images, labels))
+        started = time.perf_counter()
+        state, _ = jax.block_until_ready(epoch(state, *data, train.epoch_key(0, 0)))
+        print(f'{method}: compile + first epoch {time.perf_counter() - started:.2f}s')
+        runners[method], times[method] = [epoch, state, data], []
+    for repeat in range(args.repeats):
+        for method, runner in runners.items():
+            epoch, state, data = runner
+            started = time.perf_counter()
+            runner[1], _ = jax.block_until_ready(epoch(state, *data, train.epoch_key(0, repeat)))
+            times[method].append(time.perf_counter() - started)
+    medians = {method: float(np.median(t)) for method, t in times.items()}
+    for method, t in times.items():
+        print(f'{method}: median {medians[method]:.3f}s per epoch  '
+              f'(runs: {", ".join(f"{x:.3f}" for x in t)})')
+    print(f'devices: {jax.device_count()} x {jax.devices()[0].platform}; '
+          f'{args.examples} examples, batch {args.batch_size}, {args.repeats} repeats')
+    print(f'lc_lmt / plain = {medians["lc_lmt"] / medians["plain"]:.3f}')
+
+
+if __name__ == '__main__':
+    main()

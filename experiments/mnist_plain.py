@@ -1,0 +1,14 @@
+"""Plain softmax cross-entropy (no inflation) on MNIST with the paper's 4-layer MLP.
+
+  python launch.py --config=experiments/mnist_plain.py --workdir=runs/mnist_plain \
+      --config.data.manual_dir=../shared/data/mnist
+Quick start on embedded data: --config=experiments/mnist_plain.py:embedded
+"""
+
+from lclmt_jax.configs import default_config, mnist_variant
+
+
+def get_config(variant: str = ''):
+    config = default_config()
+    config.method = 'plain'
+    return mnist_variant(config, variant)

@@ -1,0 +1,98 @@
+"""The paper's figures, drawn from the files runs leave in their workdirs (PNG + data beside).
+
+Each function takes plain data and a path, so figures can be redrawn from the CSV/JSON alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+Records = Sequence[Mapping[str, float]]
+
+
+def first_epoch_meeting_bound(records: Records) -> int | None:
+    """First epoch whose mean test margin >= mean required margin sqrt(2)·L·eps (paper Fig. 1a)."""
+    for record in records:
+        if record['test_margin'] >= record['required_margin']:
+            return int(record['epoch'])
+    return None
+
+
+def _save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_margins(runs: Mapping[str, Records], path: str) -> str:
+    """Fig. 1a: mean margin (solid) and mean required margin (dashed) per epoch, runs overlaid."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for index, (label, records) in enumerate(runs.items()):
+        color = f'C{index}'
+        epochs = [r['epoch'] for r in records]
+        ax.plot(epochs, [r['test_margin'] for r in records], color=color, label=f'{label} margin')
+        ax.plot(epochs, [r['required_margin'] for r in records], color=color, linestyle='--',
+                label=f'{label} required √2·L·ε')
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('mean over test set')
+    ax.set_title('Margin vs required margin')
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_loss(runs: Mapping[str, Records], path: str) -> str:
+    """Fig. 1b: training loss (on inflated logits) per epoch, runs overlaid."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, records in runs.items():
+        ax.plot([r['epoch'] for r in records], [r['train_loss'] for r in records], label=label)
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('training loss')
+    ax.set_yscale('log')
+    ax.set_title('Training loss')
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_attack_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str) -> str:
+    """Fig. 2: accuracy under CW-L2 attack vs perturbation norm, runs overlaid."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (norms, accuracy) in curves.items():
+        ax.plot(norms, accuracy, label=label)
+    ax.set_xlabel('perturbation norm ‖δ‖₂')
+    ax.set_ylabel('accuracy under CW-L2 attack')
+    ax.set_ylim(0, 1.02)
+    ax.set_title('Accuracy vs perturbation size')
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_certified_under_attack(norms: np.ndarray, attack_accuracy: np.ndarray,
+                                certified: Mapping[str, np.ndarray], title: str,
+                                path: str) -> str:
+    """One model: certified accuracy (a sound lower bound) under CW accuracy (an upper bound)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(norms, attack_accuracy, color='C3', label='CW-L2 attack (upper bound)')
+    for index, (name, accuracy) in enumerate(certified.items()):
+        ax.plot(norms, accuracy, color=f'C{index}', linestyle='--',
+                label=f'certified, {name} (lower bound)')
+    ax.fill_between(norms, np.max(list(certified.values()), axis=0), attack_accuracy,
+                    color='0.85', label='true robust accuracy lies here')
+    ax.set_xlabel('L2 radius')
+    ax.set_ylabel('accuracy')
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,296 @@
+"""The train step, the epoch loop and ``train_and_evaluate``: the one place training happens.
+
+Data parallelism is ``jax.shard_map`` under ``jax.jit`` over a 1-D mesh with axis ``'data'``:
+every device holds the replicated train state and dataset, takes its slice of each global batch,
+and gradients are averaged with ``pmean``. The global batch composition depends only on the seed
+and the epoch, so 1 device and N devices follow the same trajectory up to float summation order.
+A whole epoch (all steps) is one jitted call: the dataset lives on the device.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lclmt_jax import checkpoints, configs, data, inflation, models, writers
+
+Array = jax.Array
+DATA_AXIS = 'data'
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything that changes during training; a pytree so it can be jitted and checkpointed."""
+
+    step: Array
+    params: Any
+    model_state: Any  # non-parameter collections, e.g. {'lipschitz': power-iteration vectors}
+    opt_state: Any
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or Inf loss; the last good checkpoint is kept."""
+
+
+def make_mesh(devices: list | None = None) -> jax.sharding.Mesh:
+    """A 1-D mesh over all (or the given) devices, whose single axis carries the data batch."""
+    devices = jax.devices() if devices is None else devices
+    return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     steps_per_epoch: int) -> optax.GradientTransformation:
+    """The optax optimizer and learning-rate schedule named by the config."""
+    if config.schedule == 'cosine':
+        learning_rate = optax.cosine_decay_schedule(
+            config.learning_rate, max(1, config.num_epochs * steps_per_epoch))
+    else:
+        learning_rate = config.learning_rate
+    if config.optimizer == 'sgd':
+        return optax.sgd(learning_rate, momentum=0.9, nesterov=True)
+    return optax.adam(learning_rate)
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: Array,
+                       input_shape: tuple[int, ...]) -> TrainState:
+    """Initial parameters, power-iteration vectors and optimizer state."""
+    variables = dict(models.init_variables(model, rng, input_shape))
+    params = variables.pop('params')
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                      opt_state=tx.init(params))
+
+
+class StepResult(NamedTuple):
+    loss: Array
+    logits: Array
+    lipschitz: Array
+    model_state: Any
+
+
+def inflated_loss(model: nn.Module, inflate: inflation.Inflation, epsilon: float, params: Any,
+                  model_state: Any, images: Array, labels: Array) -> tuple[Array, StepResult]:
+    """Softmax cross-entropy on inflated logits, with one power-iteration step of the bound.
+
+    The gradient flows through the Lipschitz estimate too, so training also shrinks L.
+    """
+    output, new_model_state = model.apply(
+        {'params': params, **model_state}, images, train=True, mutable=list(model_state))
+    margin = inflation.required_margin(output.lipschitz, epsilon)
+    logits = inflate(output.logits, labels, margin)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, StepResult(loss, output.logits, output.lipschitz, new_model_state)
+
+
+class EpochMetrics(NamedTuple):
+    loss_sum: Array  # sum over steps of the global-batch mean loss
+    correct: Array
+    steps: Array
+    first_bad_step: Array  # -1, or the first step of the epoch whose loss was not finite
+
+
+def _local_rows(order: Array, start: Array, global_batch: int) -> Array:
+    """Row indices of this device's share of the global batch ``order[start:start + batch]``."""
+    local_batch = global_batch // jax.lax.axis_size(DATA_AXIS)
+    offset = start + jax.lax.axis_index(DATA_AXIS) * local_batch
+    return jax.lax.dynamic_slice_in_dim(order, offset, local_batch)
+
+
+def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation,
+                     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                     num_examples: int) -> Callable:
+    """Returns ``train_epoch(state, images, labels, key) -> (state, EpochMetrics)``, one jit call.
+
+    ``images``/``labels`` are the whole (replicated, on-device) train set; ``key`` decides the
+    epoch's example order. Incomplete last batches are dropped.
+    """
+    inflate = inflation.get_inflation(config.method)
+    loss_fn = functools.partial(inflated_loss, model, inflate, config.epsilon)
+    batch = config.batch_size
+    steps = num_examples // batch
+
+    def train_step(state: TrainState, images: Array, labels: Array):
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (_, result), grads = grad_fn(state.params, state.model_state, images, labels)
+        grads = jax.lax.pmean(grads, DATA_AXIS)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        model_state = jax.lax.pmean(result.model_state, DATA_AXIS)
+        new_state = TrainState(state.step + 1, params, model_state, opt_state)
+        loss = jax.lax.pmean(result.loss, DATA_AXIS)
+        correct = jax.lax.psum(jnp.sum(jnp.argmax(result.logits, -1) == labels), DATA_AXIS)
+        return new_state, loss, correct
+
+    def epoch_on_device(state: TrainState, images: Array, labels: Array, key: Array):
+        order = jax.random.permutation(key, num_examples)
+
+        def body(carry, step_index):
+            state, metrics = carry
+            rows = _local_rows(order, step_index * batch, batch)
+            state, loss, correct = train_step(state, data.to_float(images[rows]), labels[rows])
+            bad = (metrics.first_bad_step < 0) & ~jnp.isfinite(loss)
+            metrics = EpochMetrics(
+                metrics.loss_sum + loss, metrics.correct + correct, metrics.steps + 1,
+                jnp.where(bad, step_index, metrics.first_bad_step))
+            return (state, metrics), None
+
+        zero = jnp.zeros((), jnp.float32)
+        init = EpochMetrics(zero, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
+                            -jnp.ones((), jnp.int32))
+        (state, metrics), _ = jax.lax.scan(body, (state, init), jnp.arange(steps))
+        return state, metrics
+
+    sharded = jax.shard_map(epoch_on_device, mesh=mesh, in_specs=(P(), P(), P(), P()),
+                            out_specs=(P(), P()), check_vma=False)
+    return jax.jit(sharded, donate_argnums=(0,))
+
+
+class EvalSums(NamedTuple):
+    correct: Array
+    margin_sum: Array
+    bound_met: Array
+    count: Array
+
+
+def make_evaluate(model: nn.Module, config: ml_collections.ConfigDict,
+                  mesh: jax.sharding.Mesh) -> Callable:
+    """Returns ``evaluate(state, images, labels, valid) -> (EvalSums, lipschitz estimate)``.
+
+    ``images`` are padded to a multiple of ``eval_batch_size``; ``valid`` masks the padding. A
+    point "meets the bound" when its margin >= sqrt(2)·L·eps with L the *training estimate*: a
+    progress signal, not a certificate (see ``lclmt_jax.certify``).
+    """
+    batch = config.eval_batch_size
+
+    def evaluate_on_device(state: TrainState, images: Array, labels: Array, valid: Array):
+        variables = {'params': state.params, **state.model_state}
+
+        def body(sums, batch_index):
+            rows = _local_rows(jnp.arange(images.shape[0]), batch_index * batch, batch)
+            output = model.apply(variables, data.to_float(images[rows]), train=False)
+            margins = inflation.margin(output.logits, labels[rows])
+            required = inflation.required_margin(output.lipschitz, config.epsilon)
+            mask = valid[rows]
+            local = EvalSums(jnp.sum(mask & (margins > 0)), jnp.sum(jnp.where(mask, margins, 0.)),
+                             jnp.sum(mask & (margins >= required) & (margins > 0)),
+                             jnp.sum(mask))
+            local = jax.lax.psum(local, DATA_AXIS)
+            return jax.tree.map(jnp.add, sums, local), output.lipschitz
+
+        zeros = EvalSums(jnp.zeros((), jnp.int32), jnp.zeros(()), jnp.zeros((), jnp.int32),
+                         jnp.zeros((), jnp.int32))
+        sums, lipschitz = jax.lax.scan(body, zeros, jnp.arange(images.shape[0] // batch))
+        return sums, lipschitz[-1]
+
+    sharded = jax.shard_map(evaluate_on_device, mesh=mesh, in_specs=(P(), P(), P(), P()),
+                            out_specs=(P(), P()), check_vma=False)
+    return jax.jit(sharded)
+
+
+def pad_to_multiple(images: np.ndarray, labels: np.ndarray,
+                    multiple: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pads examples to a multiple of ``multiple``; returns (images, labels, valid mask)."""
+    total = math.ceil(len(images) / multiple) * multiple
+    pad = total - len(images)
+    valid = np.concatenate([np.ones(len(images), bool), np.zeros(pad, bool)])
+    images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+    labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+    return images, labels, valid
+
+
+def epoch_key(seed: int, epoch: int) -> Array:
+    """The key that orders epoch ``epoch``: a function of (seed, epoch) only, so resume is exact."""
+    return jax.random.fold_in(jax.random.key(seed), epoch)
+
+
+def replicate(mesh: jax.sharding.Mesh, tree: Any) -> Any:
+    """Places a pytree on every device of the mesh (replicated)."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def epoch_scalars(metrics: EpochMetrics, sums: EvalSums, lipschitz: Array,
+                  config: ml_collections.ConfigDict) -> dict[str, float]:
+    """The per-epoch scalars written to metrics.jsonl and TensorBoard."""
+    count = float(sums.count)
+    steps = max(1, int(metrics.steps))
+    return {
+        'train_loss': float(metrics.loss_sum) / steps,
+        'train_accuracy': float(metrics.correct) / (steps * config.batch_size),
+        'test_accuracy': float(sums.correct) / count,
+        'lipschitz': float(lipschitz),
+        'test_margin': float(sums.margin_sum) / count,
+        'required_margin': float(inflation.required_margin(lipschitz, config.epsilon)),
+        'test_bound_met': float(sums.bound_met) / count,
+    }
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains ``config`` in ``workdir``: metrics per epoch, checkpoints, resume if interrupted."""
+    configs.validate_config(config)
+    dataset = data.load_dataset(config.data)
+    mesh = make_mesh()
+    model = models.create_model(config, dataset.num_classes)
+    num_train = len(dataset.train_labels)
+    if num_train < config.batch_size:
+        raise ValueError(f'batch_size={config.batch_size} exceeds the {num_train} train examples')
+    tx = create_optimizer(config, num_train // config.batch_size)
+    state = create_train_state(model, tx, jax.random.key(config.seed),
+                               dataset.train_images.shape[1:])
+
+    manager = checkpoints.checkpoint_manager(workdir)
+    state, start_epoch = checkpoints.restore_latest(manager, state)
+    if start_epoch:
+        logging.warning('resuming from the checkpoint of epoch %d', start_epoch)
+    writers.save_config(config, workdir)
+    writers.save_run_info(workdir, {'dataset': dataset.name, 'num_classes': dataset.num_classes,
+                                    'input_shape': list(dataset.train_images.shape[1:])})
+    writers.truncate_metrics(workdir, start_epoch)
+    writer = writers.MetricWriter(workdir)
+
+    state = replicate(mesh, state)
+    train_images, train_labels = replicate(mesh, (dataset.train_images, dataset.train_labels))
+    test = replicate(mesh, pad_to_multiple(dataset.test_images, dataset.test_labels,
+                                           config.eval_batch_size))
+    train_epoch = make_train_epoch(model, tx, config, mesh, num_train)
+    evaluate = make_evaluate(model, config, mesh)
+
+    durations = []
+    progress = tqdm.tqdm(total=config.num_epochs, initial=start_epoch, unit='epoch', leave=False,
+                         disable=None if jax.process_index() == 0 else True)
+    for epoch in range(start_epoch + 1, config.num_epochs + 1):
+        started = time.perf_counter()
+        new_state, metrics = train_epoch(state, train_images, train_labels,
+                                         epoch_key(config.seed, epoch))
+        sums, lipschitz = evaluate(new_state, *test)
+        scalars = epoch_scalars(metrics, sums, lipschitz, config)
+        if int(metrics.first_bad_step) >= 0 or not np.isfinite(scalars['train_loss']):
+            raise NonFiniteLossError(
+                f'non-finite loss at epoch {epoch}, step {int(metrics.first_bad_step) + 1} of the '
+                f'epoch; the checkpoint of epoch {manager.latest_step() or 0} is kept')
+        state = new_state
+        durations.append(time.perf_counter() - started)
+        scalars['epoch_seconds'] = durations[-1]
+        writer.write(epoch, scalars)
+        eta = float(np.median(durations)) * (config.num_epochs - epoch)
+        if jax.process_index() == 0:
+            tqdm.tqdm.write(writers.progress_line(epoch, config.num_epochs, scalars, eta))
+        progress.update(1)
+        if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
+            checkpoints.save(manager, epoch, state)
+    progress.close()
+    writer.close()
+    manager.close()
+    return state

@@ -1,0 +1,125 @@
+"""End-to-end training on embedded MNIST, data parallelism, resume, NaN safety, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from lclmt_jax import checkpoints, configs, data, models, train, writers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def embedded_config(**overrides):
+    config = configs.mnist_variant(configs.default_config(), 'embedded')
+    config.num_epochs = 4
+    config.checkpoint_every_epochs = 1
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope='module')
+def embedded():
+    return data.load_dataset(embedded_config().data)
+
+
+def test_short_run_lowers_the_loss_and_raises_the_margin(tmp_path):
+    train.train_and_evaluate(embedded_config(num_epochs=6), str(tmp_path))
+    records = writers.read_metrics(str(tmp_path))
+    assert [r['epoch'] for r in records] == list(range(1, 7))
+    assert records[-1]['train_loss'] < 0.7 * records[0]['train_loss']
+    assert records[-1]['test_margin'] > records[0]['test_margin'] + 0.2
+    assert records[-1]['test_accuracy'] > 0.7
+    for name in ('config.json', 'run.json', 'metrics.jsonl'):
+        assert os.path.exists(tmp_path / name)
+    assert os.listdir(tmp_path / 'tensorboard')
+    assert json.load(open(tmp_path / 'config.json'))['method'] == 'lc_lmt'
+
+
+def _one_epoch(devices, embedded, method):
+    config = embedded_config(method=method)
+    mesh = train.make_mesh(devices)
+    model = models.create_model(config, embedded.num_classes)
+    tx = train.create_optimizer(config, 8)
+    state = train.create_train_state(model, tx, jax.random.key(0), (28, 28, 1))
+    images, labels = embedded.train_images[:800], embedded.train_labels[:800]
+    epoch = train.make_train_epoch(model, tx, config, mesh, len(labels))
+    state, metrics = epoch(train.replicate(mesh, state), *train.replicate(mesh, (images, labels)),
+                           train.epoch_key(0, 1))
+    return jax.device_get(state), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize('method', ['lmt', 'lc_lmt'])
+def test_four_devices_follow_the_one_device_trajectory(embedded, method):
+    assert jax.device_count() == 4
+    one, one_metrics = _one_epoch(jax.devices()[:1], embedded, method)
+    four, four_metrics = _one_epoch(jax.devices(), embedded, method)
+    chex.assert_trees_all_close(one.params, four.params, rtol=1e-4, atol=1e-6)
+    chex.assert_trees_all_close(one.model_state, four.model_state, rtol=1e-4, atol=1e-6)
+    chex.assert_trees_all_close(one_metrics.loss_sum, four_metrics.loss_sum, rtol=1e-5)
+    assert int(one_metrics.correct) == int(four_metrics.correct)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    whole = train.train_and_evaluate(embedded_config(), str(tmp_path / 'whole'))
+    train.train_and_evaluate(embedded_config(num_epochs=2), str(tmp_path / 'split'))
+    resumed = train.train_and_evaluate(embedded_config(), str(tmp_path / 'split'))
+    chex.assert_trees_all_equal(jax.device_get(whole.params), jax.device_get(resumed.params))
+    epochs = [r['epoch'] for r in writers.read_metrics(str(tmp_path / 'split'))]
+    assert epochs == [1, 2, 3, 4]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+    workdir = str(tmp_path)
+    train.train_and_evaluate(embedded_config(num_epochs=2), workdir)
+    with pytest.raises(train.NonFiniteLossError, match='epoch 3, step 2 .*epoch 2 is kept'):
+        train.train_and_evaluate(embedded_config(learning_rate=float('nan')), workdir)
+    manager = checkpoints.checkpoint_manager(workdir)
+    assert manager.latest_step() == 2
+    config = embedded_config()
+    model = models.create_model(config, 10)
+    like = train.create_train_state(model, train.create_optimizer(config, 1), jax.random.key(0),
+                                    (28, 28, 1))
+    state, epoch = checkpoints.restore_latest(manager, like)
+    assert epoch == 2
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params))
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'method': 'lmtt'}, "unknown method 'lmtt'; allowed: plain, lmt, lc_lmt"),
+    ({'model': 'resnet9'}, "unknown model 'resnet9'"),
+    ({'epsilon': -0.5}, 'epsilon must be a finite number >= 0, got -0.5'),
+    ({'epsilon': float('nan')}, 'epsilon must be a finite number >= 0'),
+    ({'batch_size': 102}, 'batch_size=102 is not divisible by the device count 4'),
+    ({'optimizer': 'adagrad'}, "unknown optimizer 'adagrad'"),
+])
+def test_bad_config_is_one_clear_line_before_any_work(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
+        train.train_and_evaluate(embedded_config(**overrides), str(tmp_path))
+    assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+@pytest.mark.parametrize('data_overrides, message', [
+    ({'source': 'ftp'}, "unknown config.data.source 'ftp'; allowed: embedded, idx, npz, tfds"),
+    ({'source': 'idx', 'path': '/nonexistent/mnist'}, '/nonexistent/mnist'),
+])
+def test_bad_data_is_one_clear_line(tmp_path, data_overrides, message):
+    config = embedded_config()
+    config.data.update(data_overrides)
+    with pytest.raises(ValueError, match=message):
+        configs.validate_config(config)
+
+
+def test_launch_reports_bad_input_in_one_line_and_exits_non_zero(tmp_path):
+    result = subprocess.run(
+        [sys.executable, 'launch.py', '--config=experiments/mnist_lc.py:embedded',
+         f'--workdir={tmp_path}', '--config.epsilon=-1'],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        'error: epsilon must be a finite number >= 0, got -1.0')
