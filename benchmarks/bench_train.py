@@ -16,7 +16,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lclmt_jax import configs, models, train  # noqa: E402
+from lclmt_jax import configs, input_pipeline, models, train  # noqa: E402
 
 
 def make_epoch(method: str, num_examples: int, batch_size: int):
@@ -25,7 +25,7 @@ def make_epoch(method: str, num_examples: int, batch_size: int):
     mesh = train.make_mesh()
     model = models.create_model(config, 10)
     tx = train.create_optimizer(config, num_examples // batch_size)
-    state = train.replicate(mesh, train.create_train_state(model, tx, jax.random.key(0),
+    state = input_pipeline.replicate(mesh, train.create_train_state(model, tx, jax.random.key(0),
                                                            (28, 28, 1)))
     return train.make_train_epoch(model, tx, config, mesh, num_examples), state, mesh
 
@@ -43,16 +43,17 @@ def main() -> None:
     runners, times = {}, {}
     for method in ('plain', 'lc_lmt'):
         epoch, state, mesh = make_epoch(method, args.examples, args.batch_size)
-        data = train.replicate(mesh, (images, labels))
+        data = input_pipeline.replicate(mesh, (images, labels))
         started = time.perf_counter()
-        state, _ = jax.block_until_ready(epoch(state, *data, train.epoch_key(0, 0)))
+        state, _ = jax.block_until_ready(epoch(state, *data, input_pipeline.epoch_key(0, 0)))
         print(f'{method}: compile + first epoch {time.perf_counter() - started:.2f}s')
         runners[method], times[method] = [epoch, state, data], []
     for repeat in range(args.repeats):
         for method, runner in runners.items():
             epoch, state, data = runner
             started = time.perf_counter()
-            runner[1], _ = jax.block_until_ready(epoch(state, *data, train.epoch_key(0, repeat)))
+            key = input_pipeline.epoch_key(0, repeat)
+            runner[1], _ = jax.block_until_ready(epoch(state, *data, key))
             times[method].append(time.perf_counter() - started)
     medians = {method: float(np.median(t)) for method, t in times.items()}
     for method, t in times.items():

@@ -12,7 +12,7 @@ import math
 import jax
 import ml_collections
 
-from lclmt_jax import data, inflation, models
+from lclmt_jax import data, inflation, input_pipeline, models
 
 OPTIMIZERS = ('adam', 'sgd')
 SCHEDULES = ('constant', 'cosine')
@@ -32,6 +32,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.path = ''  # directory (idx) or file (npz)
     config.data.manual_dir = ''  # TFDS manual_dir holding the original files, for offline use
     config.data.data_dir = ''  # TFDS data_dir; '' means TFDS's default
+    config.data.pipeline = 'auto'  # device (dataset on device) | host (process-local batches)
 
     config.model = 'mlp'
     config.mlp = ml_collections.ConfigDict()
@@ -105,4 +106,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         if config[field] % num_devices:
             raise ValueError(
                 f'{field}={config[field]} is not divisible by the device count {num_devices}')
+    if config.data.pipeline not in input_pipeline.PIPELINES:
+        raise ValueError(f'unknown config.data.pipeline {config.data.pipeline!r}; allowed: '
+                         f'{", ".join(input_pipeline.PIPELINES)}')
     data.validate_data_config(config.data)

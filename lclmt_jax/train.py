@@ -24,10 +24,9 @@ import numpy as np
 import optax
 import tqdm
 from absl import logging
-from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lclmt_jax import checkpoints, configs, data, inflation, models, writers
+from lclmt_jax import checkpoints, configs, data, inflation, input_pipeline, models, writers
 
 Array = jax.Array
 DATA_AXIS = 'data'
@@ -102,6 +101,44 @@ class EpochMetrics(NamedTuple):
     first_bad_step: Array  # -1, or the first step of the epoch whose loss was not finite
 
 
+def empty_epoch_metrics() -> EpochMetrics:
+    zero = jnp.zeros((), jnp.int32)
+    return EpochMetrics(jnp.zeros((), jnp.float32), zero, zero, -jnp.ones((), jnp.int32))
+
+
+def accumulate(metrics: EpochMetrics, loss: Array, correct: Array) -> EpochMetrics:
+    """Adds one step's global loss and correct count; remembers the first non-finite step."""
+    bad = (metrics.first_bad_step < 0) & ~jnp.isfinite(loss)
+    return EpochMetrics(metrics.loss_sum + loss, metrics.correct + correct, metrics.steps + 1,
+                        jnp.where(bad, metrics.steps, metrics.first_bad_step))
+
+
+def make_device_step(model: nn.Module, tx: optax.GradientTransformation,
+                     config: ml_collections.ConfigDict) -> Callable:
+    """The per-device train step, to run inside ``shard_map`` over the ``data`` axis.
+
+    ``(state, uint8 images, labels) -> (state, global mean loss, global correct count)``; the
+    gradients of the local batch means are ``pmean``-ed, which is the global batch gradient.
+    """
+    inflate = inflation.get_inflation(config.method)
+    loss_fn = functools.partial(inflated_loss, model, inflate, config.epsilon)
+
+    def device_step(state: TrainState, images: Array, labels: Array):
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (_, result), grads = grad_fn(state.params, state.model_state, data.to_float(images),
+                                     labels)
+        grads = jax.lax.pmean(grads, DATA_AXIS)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        model_state = jax.lax.pmean(result.model_state, DATA_AXIS)
+        new_state = TrainState(state.step + 1, params, model_state, opt_state)
+        loss = jax.lax.pmean(result.loss, DATA_AXIS)
+        correct = jax.lax.psum(jnp.sum(jnp.argmax(result.logits, -1) == labels), DATA_AXIS)
+        return new_state, loss, correct
+
+    return device_step
+
+
 def _local_rows(order: Array, start: Array, global_batch: int) -> Array:
     """Row indices of this device's share of the global batch ``order[start:start + batch]``."""
     local_batch = global_batch // jax.lax.axis_size(DATA_AXIS)
@@ -112,27 +149,13 @@ def _local_rows(order: Array, start: Array, global_batch: int) -> Array:
 def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation,
                      config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                      num_examples: int) -> Callable:
-    """Returns ``train_epoch(state, images, labels, key) -> (state, EpochMetrics)``, one jit call.
+    """Device pipeline: ``train_epoch(state, images, labels, key) -> (state, EpochMetrics)``.
 
-    ``images``/``labels`` are the whole (replicated, on-device) train set; ``key`` decides the
-    epoch's example order. Incomplete last batches are dropped.
+    One jit call per epoch. ``images``/``labels`` are the whole (replicated, on-device) train set;
+    ``key`` decides the epoch's example order. Incomplete last batches are dropped.
     """
-    inflate = inflation.get_inflation(config.method)
-    loss_fn = functools.partial(inflated_loss, model, inflate, config.epsilon)
+    device_step = make_device_step(model, tx, config)
     batch = config.batch_size
-    steps = num_examples // batch
-
-    def train_step(state: TrainState, images: Array, labels: Array):
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (_, result), grads = grad_fn(state.params, state.model_state, images, labels)
-        grads = jax.lax.pmean(grads, DATA_AXIS)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        model_state = jax.lax.pmean(result.model_state, DATA_AXIS)
-        new_state = TrainState(state.step + 1, params, model_state, opt_state)
-        loss = jax.lax.pmean(result.loss, DATA_AXIS)
-        correct = jax.lax.psum(jnp.sum(jnp.argmax(result.logits, -1) == labels), DATA_AXIS)
-        return new_state, loss, correct
 
     def epoch_on_device(state: TrainState, images: Array, labels: Array, key: Array):
         order = jax.random.permutation(key, num_examples)
@@ -140,22 +163,44 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation,
         def body(carry, step_index):
             state, metrics = carry
             rows = _local_rows(order, step_index * batch, batch)
-            state, loss, correct = train_step(state, data.to_float(images[rows]), labels[rows])
-            bad = (metrics.first_bad_step < 0) & ~jnp.isfinite(loss)
-            metrics = EpochMetrics(
-                metrics.loss_sum + loss, metrics.correct + correct, metrics.steps + 1,
-                jnp.where(bad, step_index, metrics.first_bad_step))
-            return (state, metrics), None
+            state, loss, correct = device_step(state, images[rows], labels[rows])
+            return (state, accumulate(metrics, loss, correct)), None
 
-        zero = jnp.zeros((), jnp.float32)
-        init = EpochMetrics(zero, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
-                            -jnp.ones((), jnp.int32))
-        (state, metrics), _ = jax.lax.scan(body, (state, init), jnp.arange(steps))
+        init = (state, empty_epoch_metrics())
+        (state, metrics), _ = jax.lax.scan(body, init, jnp.arange(num_examples // batch))
         return state, metrics
 
     sharded = jax.shard_map(epoch_on_device, mesh=mesh, in_specs=(P(), P(), P(), P()),
                             out_specs=(P(), P()), check_vma=False)
     return jax.jit(sharded, donate_argnums=(0,))
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Callable:
+    """Host pipeline: ``train_step(state, metrics, images, labels) -> (state, metrics)``.
+
+    ``images``/``labels`` are one global batch sharded over the ``data`` axis.
+    """
+    device_step = make_device_step(model, tx, config)
+
+    def step(state: TrainState, metrics: EpochMetrics, images: Array, labels: Array):
+        state, loss, correct = device_step(state, images, labels)
+        return state, accumulate(metrics, loss, correct)
+
+    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS)),
+                            out_specs=(P(), P()), check_vma=False)
+    return jax.jit(sharded, donate_argnums=(0, 1))
+
+
+def host_train_epoch(train_step: Callable, mesh: jax.sharding.Mesh, state: TrainState,
+                     images: np.ndarray, labels: np.ndarray, order: np.ndarray,
+                     global_batch: int) -> tuple[TrainState, EpochMetrics]:
+    """Runs one epoch of the host pipeline: prefetched process-local batches, one step each."""
+    metrics = input_pipeline.replicate(mesh, empty_epoch_metrics())
+    batches = input_pipeline.process_local_batches(images, labels, order, global_batch)
+    for local in input_pipeline.prefetch(batches):
+        state, metrics = train_step(state, metrics, *input_pipeline.to_global_batch(mesh, local))
+    return state, metrics
 
 
 class EvalSums(NamedTuple):
@@ -165,39 +210,73 @@ class EvalSums(NamedTuple):
     count: Array
 
 
-def make_evaluate(model: nn.Module, config: ml_collections.ConfigDict,
-                  mesh: jax.sharding.Mesh) -> Callable:
-    """Returns ``evaluate(state, images, labels, valid) -> (EvalSums, lipschitz estimate)``.
+def make_device_eval(model: nn.Module, config: ml_collections.ConfigDict) -> Callable:
+    """Per-device evaluation of a local batch, summed over the ``data`` axis.
 
-    ``images`` are padded to a multiple of ``eval_batch_size``; ``valid`` masks the padding. A
-    point "meets the bound" when its margin >= sqrt(2)·L·eps with L the *training estimate*: a
+    A point "meets the bound" when its margin >= sqrt(2)·L·eps with L the *training estimate*: a
     progress signal, not a certificate (see ``lclmt_jax.certify``).
     """
+
+    def device_eval(state: TrainState, images: Array, labels: Array, valid: Array):
+        output = model.apply({'params': state.params, **state.model_state},
+                             data.to_float(images), train=False)
+        margins = inflation.margin(output.logits, labels)
+        required = inflation.required_margin(output.lipschitz, config.epsilon)
+        local = EvalSums(jnp.sum(valid & (margins > 0)), jnp.sum(jnp.where(valid, margins, 0.)),
+                         jnp.sum(valid & (margins >= required) & (margins > 0)), jnp.sum(valid))
+        return jax.lax.psum(local, DATA_AXIS), output.lipschitz
+
+    return device_eval
+
+
+def make_evaluate(model: nn.Module, config: ml_collections.ConfigDict,
+                  mesh: jax.sharding.Mesh) -> Callable:
+    """Device pipeline: ``evaluate(state, images, labels, valid) -> (EvalSums, L estimate)``.
+
+    ``images`` (replicated) are padded to a multiple of ``eval_batch_size``; ``valid`` masks the
+    padding.
+    """
+    device_eval = make_device_eval(model, config)
     batch = config.eval_batch_size
 
     def evaluate_on_device(state: TrainState, images: Array, labels: Array, valid: Array):
-        variables = {'params': state.params, **state.model_state}
-
         def body(sums, batch_index):
             rows = _local_rows(jnp.arange(images.shape[0]), batch_index * batch, batch)
-            output = model.apply(variables, data.to_float(images[rows]), train=False)
-            margins = inflation.margin(output.logits, labels[rows])
-            required = inflation.required_margin(output.lipschitz, config.epsilon)
-            mask = valid[rows]
-            local = EvalSums(jnp.sum(mask & (margins > 0)), jnp.sum(jnp.where(mask, margins, 0.)),
-                             jnp.sum(mask & (margins >= required) & (margins > 0)),
-                             jnp.sum(mask))
-            local = jax.lax.psum(local, DATA_AXIS)
-            return jax.tree.map(jnp.add, sums, local), output.lipschitz
+            local, lipschitz = device_eval(state, images[rows], labels[rows], valid[rows])
+            return jax.tree.map(jnp.add, sums, local), lipschitz
 
-        zeros = EvalSums(jnp.zeros((), jnp.int32), jnp.zeros(()), jnp.zeros((), jnp.int32),
-                         jnp.zeros((), jnp.int32))
+        zeros = EvalSums(*(jnp.zeros((), dtype) for dtype in
+                           (jnp.int32, jnp.float32, jnp.int32, jnp.int32)))
         sums, lipschitz = jax.lax.scan(body, zeros, jnp.arange(images.shape[0] // batch))
         return sums, lipschitz[-1]
 
     sharded = jax.shard_map(evaluate_on_device, mesh=mesh, in_specs=(P(), P(), P(), P()),
                             out_specs=(P(), P()), check_vma=False)
     return jax.jit(sharded)
+
+
+def make_host_evaluate(model: nn.Module, config: ml_collections.ConfigDict,
+                       mesh: jax.sharding.Mesh) -> Callable:
+    """Host pipeline: the same sums over padded host arrays, one sharded eval batch per call."""
+    sharded = jax.jit(jax.shard_map(
+        make_device_eval(model, config), mesh=mesh,
+        in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)), out_specs=(P(), P()),
+        check_vma=False))
+    batch = config.eval_batch_size
+
+    def evaluate(state: TrainState, images: np.ndarray, labels: np.ndarray, valid: np.ndarray):
+        order = np.arange(len(labels))
+        batches = input_pipeline.process_local_batches(
+            images, np.stack([labels, valid.astype(labels.dtype)], axis=1), order, batch)
+        sums = None
+        for local_images, local_labels in input_pipeline.prefetch(batches):
+            arrays = input_pipeline.to_global_batch(
+                mesh, (local_images, local_labels[:, 0], local_labels[:, 1].astype(bool)))
+            local, lipschitz = sharded(state, *arrays)
+            sums = local if sums is None else jax.tree.map(jnp.add, sums, local)
+        return sums, lipschitz
+
+    return evaluate
 
 
 def pad_to_multiple(images: np.ndarray, labels: np.ndarray,
@@ -209,16 +288,6 @@ def pad_to_multiple(images: np.ndarray, labels: np.ndarray,
     images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
     labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
     return images, labels, valid
-
-
-def epoch_key(seed: int, epoch: int) -> Array:
-    """The key that orders epoch ``epoch``: a function of (seed, epoch) only, so resume is exact."""
-    return jax.random.fold_in(jax.random.key(seed), epoch)
-
-
-def replicate(mesh: jax.sharding.Mesh, tree: Any) -> Any:
-    """Places a pytree on every device of the mesh (replicated)."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
 def epoch_scalars(metrics: EpochMetrics, sums: EvalSums, lipschitz: Array,
@@ -237,6 +306,31 @@ def epoch_scalars(metrics: EpochMetrics, sums: EvalSums, lipschitz: Array,
     }
 
 
+def make_pipeline(config: ml_collections.ConfigDict, dataset: data.Dataset, model: nn.Module,
+                  tx: optax.GradientTransformation, mesh: jax.sharding.Mesh):
+    """Returns ``(train_epoch(state, epoch), evaluate(state))`` for the configured pipeline.
+
+    Both pipelines draw the same global batches (``input_pipeline``), so they train alike.
+    """
+    num_train = len(dataset.train_labels)
+    test = pad_to_multiple(dataset.test_images, dataset.test_labels, config.eval_batch_size)
+    dataset_bytes = dataset.train_images.nbytes + test[0].nbytes
+    if input_pipeline.choose_pipeline(config.data.pipeline, dataset_bytes) == 'device':
+        train_arrays = input_pipeline.replicate(mesh, (dataset.train_images, dataset.train_labels))
+        test = input_pipeline.replicate(mesh, test)
+        device_epoch = make_train_epoch(model, tx, config, mesh, num_train)
+        device_evaluate = make_evaluate(model, config, mesh)
+        return (lambda state, epoch: device_epoch(
+                    state, *train_arrays, input_pipeline.epoch_key(config.seed, epoch)),
+                lambda state: device_evaluate(state, *test))
+    train_step = make_train_step(model, tx, config, mesh)
+    host_evaluate = make_host_evaluate(model, config, mesh)
+    return (lambda state, epoch: host_train_epoch(
+                train_step, mesh, state, dataset.train_images, dataset.train_labels,
+                input_pipeline.epoch_order(config.seed, epoch, num_train), config.batch_size),
+            lambda state: host_evaluate(state, *test))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains ``config`` in ``workdir``: metrics per epoch, checkpoints, resume if interrupted."""
     configs.validate_config(config)
@@ -251,7 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                dataset.train_images.shape[1:])
 
     manager = checkpoints.checkpoint_manager(workdir)
-    state, start_epoch = checkpoints.restore_latest(manager, state)
+    state, start_epoch = checkpoints.restore_latest(manager, input_pipeline.replicate(mesh, state))
     if start_epoch:
         logging.warning('resuming from the checkpoint of epoch %d', start_epoch)
     writers.save_config(config, workdir)
@@ -259,22 +353,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                     'input_shape': list(dataset.train_images.shape[1:])})
     writers.truncate_metrics(workdir, start_epoch)
     writer = writers.MetricWriter(workdir)
-
-    state = replicate(mesh, state)
-    train_images, train_labels = replicate(mesh, (dataset.train_images, dataset.train_labels))
-    test = replicate(mesh, pad_to_multiple(dataset.test_images, dataset.test_labels,
-                                           config.eval_batch_size))
-    train_epoch = make_train_epoch(model, tx, config, mesh, num_train)
-    evaluate = make_evaluate(model, config, mesh)
+    train_epoch, evaluate = make_pipeline(config, dataset, model, tx, mesh)
 
     durations = []
     progress = tqdm.tqdm(total=config.num_epochs, initial=start_epoch, unit='epoch', leave=False,
                          disable=None if jax.process_index() == 0 else True)
     for epoch in range(start_epoch + 1, config.num_epochs + 1):
         started = time.perf_counter()
-        new_state, metrics = train_epoch(state, train_images, train_labels,
-                                         epoch_key(config.seed, epoch))
-        sums, lipschitz = evaluate(new_state, *test)
+        new_state, metrics = train_epoch(state, epoch)
+        sums, lipschitz = evaluate(new_state)
         scalars = epoch_scalars(metrics, sums, lipschitz, config)
         if int(metrics.first_bad_step) >= 0 or not np.isfinite(scalars['train_loss']):
             raise NonFiniteLossError(

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from lclmt_jax import checkpoints, configs, data, models, train, writers
+from lclmt_jax import checkpoints, configs, data, input_pipeline, models, train, writers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,8 +49,9 @@ def _one_epoch(devices, embedded, method):
     state = train.create_train_state(model, tx, jax.random.key(0), (28, 28, 1))
     images, labels = embedded.train_images[:800], embedded.train_labels[:800]
     epoch = train.make_train_epoch(model, tx, config, mesh, len(labels))
-    state, metrics = epoch(train.replicate(mesh, state), *train.replicate(mesh, (images, labels)),
-                           train.epoch_key(0, 1))
+    state, metrics = epoch(input_pipeline.replicate(mesh, state),
+                           *input_pipeline.replicate(mesh, (images, labels)),
+                           input_pipeline.epoch_key(0, 1))
     return jax.device_get(state), jax.device_get(metrics)
 
 
@@ -123,3 +124,18 @@ def test_launch_reports_bad_input_in_one_line_and_exits_non_zero(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         'error: epsilon must be a finite number >= 0, got -1.0')
+
+
+def test_host_pipeline_trains_like_the_device_pipeline(tmp_path):
+    on_device = embedded_config(num_epochs=2)
+    on_device.data.pipeline = 'device'
+    on_host = embedded_config(num_epochs=2)
+    on_host.data.pipeline = 'host'
+    device_state = train.train_and_evaluate(on_device, str(tmp_path / 'device'))
+    host_state = train.train_and_evaluate(on_host, str(tmp_path / 'host'))
+    chex.assert_trees_all_close(jax.device_get(device_state.params),
+                                jax.device_get(host_state.params), rtol=1e-4, atol=1e-6)
+    device_records = writers.read_metrics(str(tmp_path / 'device'))
+    host_records = writers.read_metrics(str(tmp_path / 'host'))
+    for key in ('train_loss', 'test_accuracy', 'test_margin', 'lipschitz'):
+        np.testing.assert_allclose(host_records[-1][key], device_records[-1][key], rtol=1e-4)
