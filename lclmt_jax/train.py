@@ -53,15 +53,22 @@ def make_mesh(devices: list | None = None) -> jax.sharding.Mesh:
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      steps_per_epoch: int) -> optax.GradientTransformation:
-    """The optax optimizer and learning-rate schedule named by the config."""
+    """The optax optimizer, learning-rate schedule and weight decay named by the config."""
+    total_steps = max(1, config.num_epochs * steps_per_epoch)
     if config.schedule == 'cosine':
-        learning_rate = optax.cosine_decay_schedule(
-            config.learning_rate, max(1, config.num_epochs * steps_per_epoch))
+        learning_rate = optax.cosine_decay_schedule(config.learning_rate, total_steps)
+    elif config.schedule == 'step':
+        learning_rate = optax.piecewise_constant_schedule(
+            config.learning_rate, {total_steps // 2: 0.1, (3 * total_steps) // 4: 0.1})
     else:
         learning_rate = config.learning_rate
     if config.optimizer == 'sgd':
-        return optax.sgd(learning_rate, momentum=0.9, nesterov=True)
-    return optax.adam(learning_rate)
+        optimizer = optax.sgd(learning_rate, momentum=0.9, nesterov=True)
+    else:
+        optimizer = optax.adam(learning_rate)
+    if config.weight_decay:
+        return optax.chain(optax.add_decayed_weights(config.weight_decay), optimizer)
+    return optimizer
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: Array,

@@ -1,0 +1,17 @@
+"""LC-LMT with WRN-16-4 on SVHN (paper Table 1, Figure 2b); epsilon = 1.0 (paper: 0.2, 1.0).
+
+  python launch.py --config=experiments/svhn_lc.py --workdir=runs/svhn_lc
+  python launch.py --config=experiments/svhn_lc.py --workdir=runs/svhn_lc_0.2 --config.epsilon=0.2
+Offline, put TFDS's svhn_cropped files in a directory and add --config.data.manual_dir=DIR.
+CPU smoke run of the same path (a depth-10, width-1 WRN, 2 epochs): --config=experiments/svhn_lc.py:smoke
+Table 1 from several runs: python launch.py --mode=compare --workdir=runs/svhn_table \
+    --runs=runs/svhn_plain,runs/svhn_lmt,runs/svhn_lc   (comparison.csv: train/test accuracy)
+"""
+
+from lclmt_jax.configs import default_config, svhn_variant
+
+
+def get_config(variant: str = ''):
+    config = default_config()
+    config.method = 'lc_lmt'
+    return svhn_variant(config, variant)
