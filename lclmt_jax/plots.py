@@ -18,9 +18,12 @@ Records = Sequence[Mapping[str, float]]
 
 
 def first_epoch_meeting_bound(records: Records) -> int | None:
-    """First epoch whose mean test margin >= mean required margin sqrt(2)·L·eps (paper Fig. 1a)."""
+    """First epoch whose mean training margin >= mean required margin sqrt(2)·L·eps (Fig. 1a).
+
+    Both are averaged over the epoch's steps, as the training loss is.
+    """
     for record in records:
-        if record['test_margin'] >= record['required_margin']:
+        if record['train_margin'] >= record['train_required_margin']:
             return int(record['epoch'])
     return None
 
@@ -34,16 +37,19 @@ def _save(fig, path: str) -> str:
 
 
 def plot_margins(runs: Mapping[str, Records], path: str) -> str:
-    """Fig. 1a: mean margin (solid) and mean required margin (dashed) per epoch, runs overlaid."""
+    """Fig. 1a: mean margin (solid) and mean required margin (dashed) per epoch, runs overlaid.
+
+    Training-set means over each epoch's steps, with L the training-time estimate.
+    """
     fig, ax = plt.subplots(figsize=(6, 4))
     for index, (label, records) in enumerate(runs.items()):
         color = f'C{index}'
         epochs = [r['epoch'] for r in records]
-        ax.plot(epochs, [r['test_margin'] for r in records], color=color, label=f'{label} margin')
-        ax.plot(epochs, [r['required_margin'] for r in records], color=color, linestyle='--',
-                label=f'{label} required √2·L·ε')
+        ax.plot(epochs, [r['train_margin'] for r in records], color=color, label=f'{label} margin')
+        ax.plot(epochs, [r['train_required_margin'] for r in records], color=color,
+                linestyle='--', label=f'{label} required √2·L·ε')
     ax.set_xlabel('epoch')
-    ax.set_ylabel('mean over test set')
+    ax.set_ylabel('mean over training batches')
     ax.set_title('Margin vs required margin')
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)

@@ -104,19 +104,30 @@ def inflated_loss(model: nn.Module, inflate: inflation.Inflation, epsilon: float
 class EpochMetrics(NamedTuple):
     loss_sum: Array  # sum over steps of the global-batch mean loss
     correct: Array
+    margin_sum: Array  # sum over steps of the global-batch mean margin f_t - max_{i!=t} f_i
+    required_margin_sum: Array  # sum over steps of sqrt(2)·L·eps (L: that step's estimate)
     steps: Array
     first_bad_step: Array  # -1, or the first step of the epoch whose loss was not finite
 
 
+class StepMetrics(NamedTuple):
+    loss: Array  # global-batch means ...
+    margin: Array
+    required_margin: Array
+    correct: Array  # ... and the global count of correct predictions
+
+
 def empty_epoch_metrics() -> EpochMetrics:
-    zero = jnp.zeros((), jnp.int32)
-    return EpochMetrics(jnp.zeros((), jnp.float32), zero, zero, -jnp.ones((), jnp.int32))
+    zero, zero_f = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
+    return EpochMetrics(zero_f, zero, zero_f, zero_f, zero, -jnp.ones((), jnp.int32))
 
 
-def accumulate(metrics: EpochMetrics, loss: Array, correct: Array) -> EpochMetrics:
-    """Adds one step's global loss and correct count; remembers the first non-finite step."""
-    bad = (metrics.first_bad_step < 0) & ~jnp.isfinite(loss)
-    return EpochMetrics(metrics.loss_sum + loss, metrics.correct + correct, metrics.steps + 1,
+def accumulate(metrics: EpochMetrics, step: StepMetrics) -> EpochMetrics:
+    """Adds one step's global metrics; remembers the first step whose loss was not finite."""
+    bad = (metrics.first_bad_step < 0) & ~jnp.isfinite(step.loss)
+    return EpochMetrics(metrics.loss_sum + step.loss, metrics.correct + step.correct,
+                        metrics.margin_sum + step.margin,
+                        metrics.required_margin_sum + step.required_margin, metrics.steps + 1,
                         jnp.where(bad, metrics.steps, metrics.first_bad_step))
 
 
@@ -124,8 +135,8 @@ def make_device_step(model: nn.Module, tx: optax.GradientTransformation,
                      config: ml_collections.ConfigDict) -> Callable:
     """The per-device train step, to run inside ``shard_map`` over the ``data`` axis.
 
-    ``(state, uint8 images, labels) -> (state, global mean loss, global correct count)``; the
-    gradients of the local batch means are ``pmean``-ed, which is the global batch gradient.
+    ``(state, uint8 images, labels) -> (state, StepMetrics)``; the gradients of the local batch
+    means are ``pmean``-ed, which is the global batch gradient.
     """
     inflate = inflation.get_inflation(config.method)
     loss_fn = functools.partial(inflated_loss, model, inflate, config.epsilon)
@@ -139,9 +150,13 @@ def make_device_step(model: nn.Module, tx: optax.GradientTransformation,
         params = optax.apply_updates(state.params, updates)
         model_state = jax.lax.pmean(result.model_state, DATA_AXIS)
         new_state = TrainState(state.step + 1, params, model_state, opt_state)
-        loss = jax.lax.pmean(result.loss, DATA_AXIS)
-        correct = jax.lax.psum(jnp.sum(jnp.argmax(result.logits, -1) == labels), DATA_AXIS)
-        return new_state, loss, correct
+        margins = inflation.margin(result.logits, labels)
+        metrics = StepMetrics(
+            loss=jax.lax.pmean(result.loss, DATA_AXIS),
+            margin=jax.lax.pmean(jnp.mean(margins), DATA_AXIS),
+            required_margin=inflation.required_margin(result.lipschitz, config.epsilon),
+            correct=jax.lax.psum(jnp.sum(margins > 0), DATA_AXIS))
+        return new_state, metrics
 
     return device_step
 
@@ -170,8 +185,8 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation,
         def body(carry, step_index):
             state, metrics = carry
             rows = _local_rows(order, step_index * batch, batch)
-            state, loss, correct = device_step(state, images[rows], labels[rows])
-            return (state, accumulate(metrics, loss, correct)), None
+            state, step_metrics = device_step(state, images[rows], labels[rows])
+            return (state, accumulate(metrics, step_metrics)), None
 
         init = (state, empty_epoch_metrics())
         (state, metrics), _ = jax.lax.scan(body, init, jnp.arange(num_examples // batch))
@@ -191,8 +206,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     device_step = make_device_step(model, tx, config)
 
     def step(state: TrainState, metrics: EpochMetrics, images: Array, labels: Array):
-        state, loss, correct = device_step(state, images, labels)
-        return state, accumulate(metrics, loss, correct)
+        state, step_metrics = device_step(state, images, labels)
+        return state, accumulate(metrics, step_metrics)
 
     sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS)),
                             out_specs=(P(), P()), check_vma=False)
@@ -305,6 +320,8 @@ def epoch_scalars(metrics: EpochMetrics, sums: EvalSums, lipschitz: Array,
     return {
         'train_loss': float(metrics.loss_sum) / steps,
         'train_accuracy': float(metrics.correct) / (steps * config.batch_size),
+        'train_margin': float(metrics.margin_sum) / steps,
+        'train_required_margin': float(metrics.required_margin_sum) / steps,
         'test_accuracy': float(sums.correct) / count,
         'lipschitz': float(lipschitz),
         'test_margin': float(sums.margin_sum) / count,
