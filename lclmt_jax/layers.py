@@ -222,7 +222,12 @@ def conv_upper_bound(kernel: Array, input_shape: Sequence[int], stride: int | Se
     (1 + SOUND_SLACK) makes the float a guaranteed upper bound.
     """
     matrix = _require_concrete(kernel, 'a conv layer')
-    spatial = tuple(input_shape)[:2] if len(input_shape) < 4 else tuple(input_shape)[1:3]
+    input_shape = tuple(input_shape)
+    if len(input_shape) not in (2, 3, 4) or (len(input_shape) > 2
+                                             and input_shape[-1] != matrix.shape[2]):
+        raise ValueError(f'input shape {input_shape} is not (H, W), (H, W, C_in) or '
+                         f'(N, H, W, C_in) for a kernel of shape {matrix.shape}')
+    spatial = input_shape[:2] if len(input_shape) < 4 else input_shape[1:3]
     strides = _pair(stride, 'stride')
     pads = conv_padding(padding, spatial, matrix.shape[:2], strides)
     grid = [-(-(n + lo + hi) // s) * s for n, (lo, hi), s in zip(spatial, pads, strides,
