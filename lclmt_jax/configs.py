@@ -59,7 +59,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.attack.steps = 100  # Adam iterations per binary-search step (the paper's setting)
     config.attack.binary_search_steps = 5
     config.attack.confidence = 0.0
-    config.attack.learning_rate = 0.01
+    # 0.1, not CW's 0.01 (tuned for 10,000 steps): with 100 steps, pixels at exactly 0 or 1 (most
+    # of an MNIST digit) sit deep in tanh saturation and barely move at 0.01 -- the attack then
+    # fails on ~65% of a robust model's points; at 0.1 it succeeds on all of them.
+    config.attack.learning_rate = 0.1
     config.attack.initial_const = 1.0
     config.attack.batch_size = 10000
     return config

@@ -73,12 +73,36 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run in ``workdir`` was trained with."""
+    """The config a run in ``workdir`` was trained with.
+
+    Saved values are laid over today's defaults, so runs saved before a field existed still load
+    (with that field's default).
+    """
+    from lclmt_jax.configs import default_config  # configs imports the model zoo; keep it lazy
+
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f'{path} not found: is {workdir!r} the workdir of a training run?')
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        saved = json.load(f)
+    config = default_config()
+    _overlay(config, saved)
+    return config
+
+
+def _overlay(config: ml_collections.ConfigDict, saved: Mapping) -> None:
+    """Writes JSON values into ``config`` recursively (JSON lists become the default's tuples)."""
+    for key, value in saved.items():
+        current = config.get(key)
+        if isinstance(current, ml_collections.ConfigDict) and isinstance(value, Mapping):
+            _overlay(current, value)
+        elif isinstance(current, tuple) and isinstance(value, list):
+            config[key] = tuple(value)
+        elif key in config and current is not None and value is not None \
+                and type(current) is not type(value):
+            config[key] = type(current)(value)
+        else:
+            config[key] = value
 
 
 def save_run_info(workdir: str, info: Mapping) -> None:
