@@ -10,7 +10,7 @@ misclassified. The implementation below is built around that requirement.
 Algorithm (Carlini & Wagner 2017, untargeted form), per example:
 
 * change of variables x' = (tanh(w) + 1) / 2 keeps the candidate inside the [0, 1] box without
-  clipping; w starts at arctanh of the clean image squeezed by ``_BOX_SHRINK`` so that pixels sitting
+  clipping; w starts at arctanh of the clean image squeezed by ``_BOX_SHRINK`` so that pixels
   exactly at 0 or 1 give finite values;
 * minimise ``|x' - x|^2 + c * max(Z_t(x') - max_{i != t} Z_i(x'), -kappa)`` with Adam for
   ``steps`` iterations, restarting from the clean image with fresh Adam moments for every
@@ -56,16 +56,28 @@ class CWConfig(NamedTuple):
     Attributes:
       steps: Adam iterations per binary-search round (100, the paper's setting).
       binary_search_steps: rounds of the search over the trade-off constant c. Five rounds let c
-        move from ``initial_const`` over three orders of magnitude in either direction and still
-        refine a bracket, and keep the default attack on the full MNIST test set (10,000 images,
-        paper MLP) within the one-minute budget on a 2-core CPU; each extra round costs 1/5 more.
+        move from ``initial_const`` by 10**3 upwards or 2**-4 downwards and still refine a
+        bracket, and keep the default attack on the full MNIST test set (10,000 images, paper
+        MLP) at about 18 s on a 2-core CPU, a third of the one-minute budget, leaving room for
+        slower or shared machines; every round costs the same (~3.6 s there). Nine rounds (the
+        original CW default) measured ~1% tighter mean norms at ~1.8x the time.
       confidence: kappa; a point counts as adversarial only if some other logit beats the true
         one by more than kappa (0 = plain misclassification, which is what norms are reported for).
-      learning_rate: Adam step size in tanh space.
+      learning_rate: Adam step size in tanh space, 0.1. 0.01 is the original CW value, tuned for
+        10,000 iterations. Each Adam step moves w by at most about this much per pixel, so with
+        100 steps w moves by <= 1: pixels at exactly 0 or 1 (arctanh(+-0.999999) = +-7.25, most
+        of an MNIST digit) cannot move at all and mid-range pixels by <= ~0.4. On real MNIST
+        digits and a standard MLP this setting found no adversarial point for 30% of the test
+        examples that a 1000-step attack breaks, and norms ~2x too large for the rest, whereas
+        0.1 came within ~2% of the 1000-step norms for every example. 0.1 is worse, though, when
+        the minimal perturbation is only a few Adam steps long (tiny images, tiny distances).
       initial_const: starting c. For [0, 1] images the squared-distance term at the minimal
         perturbation is O(1) and the margin's gradient norm is O(1)-O(10) (smaller for the
         Lipschitz-margin-trained networks this project produces), so c = 1 starts near the
         break-even point instead of spending rounds climbing up from the original 1e-3.
+        Too large a c is the costlier mistake (each round only halves it, and Adam's step
+        normalisation then barely pulls the point back towards x), too small is cheap (x10 per
+        round).
       batch_size: examples per jitted call; the last chunk is padded to this size (or the whole
         input is one chunk if it is smaller), so all chunks share one compilation.
     """
@@ -73,7 +85,7 @@ class CWConfig(NamedTuple):
     steps: int = 100
     binary_search_steps: int = 5
     confidence: float = 0.0
-    learning_rate: float = 0.01
+    learning_rate: float = 0.1
     initial_const: float = 1.0
     batch_size: int = 10000
 
@@ -123,8 +135,9 @@ def cw_l2_attack_batch(
     *strictly*, with a tiny float32 guard ``g = 1e-5 * (1 + max|Z|)``. With kappa = 0 this means
     the true class is not among the maximal logits, so ``argmax != label`` holds whatever rule
     breaks ties, with room for rounding differences between forward passes; an exact tie is never
-    reported as an adversarial example. The clean image is judged with ``jnp.argmax`` (first maximal index), i.e.
-    the same rule as ordinary accuracy, so the fraction of positive norms equals clean accuracy.
+    reported as an adversarial example. The clean image is judged with ``jnp.argmax`` (first
+    maximal index), i.e. the same rule as ordinary accuracy, so the fraction of positive norms
+    equals clean accuracy.
     Every reported point is re-evaluated with ``logits_fn`` at the end and dropped (norm ``inf``)
     unless it is still strictly misclassified, so numerical drift between the in-loop forward pass
     and a plain forward pass cannot produce a bogus norm.
@@ -220,7 +233,8 @@ def cw_l2_attack(
     images = np.asarray(images, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int32)
     if images.ndim < 2 or labels.shape != images.shape[:1]:
-        raise ValueError(f'need images (N, ...) and labels (N,); got {images.shape}, {labels.shape}')
+        raise ValueError(
+            f'need images (N, ...) and labels (N,); got {images.shape} and {labels.shape}')
     if images.size and (images.min() < 0.0 or images.max() > 1.0):
         raise ValueError('images must lie in [0, 1] (the tanh change of variables assumes it)')
     n = images.shape[0]

@@ -1,0 +1,125 @@
+"""Times the Carlini–Wagner L2 attack on the paper's MNIST MLP over a full-size test set.
+
+Usage: ``python benchmarks/bench_cw.py --repeats 3``
+
+The network is 784 -> 100 -> 100 -> 100 -> 10 with ReLU and random Lecun-normal weights (taken
+from ``lclmt_jax.models.MLP`` when that module is importable, else a small jnp version defined
+here); the images are uniform random 28x28x1 in [0, 1] and the labels are the model's own
+predictions, so every example starts correctly classified and is attacked. Compilation is timed
+on its own (ahead-of-time lower + compile of the batch kernel), then the first call, then
+``--repeats`` timed calls of ``cw_l2_min_norms`` (which end in a host copy, so they are complete).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+
+from lclmt_jax.attacks import CWConfig, cw_l2_attack_batch, cw_l2_min_norms  # noqa: E402
+
+HIDDEN = (100, 100, 100)
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28, 1)
+
+
+def _project_mlp(rng: jax.Array):
+    """The project's MLP with fresh parameters, or None if the models module is unavailable."""
+    try:
+        from lclmt_jax.models import MLP
+    except ImportError:
+        return None
+    model = MLP(hidden_sizes=HIDDEN, num_classes=NUM_CLASSES)
+    variables = model.init({'params': rng}, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32))
+
+    def logits_fn(x: jax.Array) -> jax.Array:
+        return model.apply(variables, x).logits
+
+    return logits_fn
+
+
+def _standalone_mlp(rng: jax.Array):
+    """Same architecture in plain jnp: Lecun-normal kernels, zero biases."""
+    sizes = (int(np.prod(IMAGE_SHAPE)), *HIDDEN, NUM_CLASSES)
+    init = jax.nn.initializers.lecun_normal()
+    keys = jax.random.split(rng, len(sizes) - 1)
+    layers = [(init(k, (m, n), jnp.float32), jnp.zeros((n,), jnp.float32))
+              for k, m, n in zip(keys, sizes[:-1], sizes[1:], strict=True)]
+
+    def logits_fn(x: jax.Array) -> jax.Array:
+        h = x.reshape((x.shape[0], -1))
+        for kernel, bias in layers[:-1]:
+            h = jax.nn.relu(h @ kernel + bias)
+        kernel, bias = layers[-1]
+        return h @ kernel + bias
+
+    return logits_fn
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--repeats', type=int, default=3, help='timed runs after the first call')
+    parser.add_argument('--num-examples', type=int, default=10000)
+    parser.add_argument('--steps', type=int, default=CWConfig().steps)
+    parser.add_argument('--binary-search-steps', type=int, default=CWConfig().binary_search_steps)
+    parser.add_argument('--batch-size', type=int, default=CWConfig().batch_size)
+    parser.add_argument('--standalone', action='store_true',
+                        help='use the jnp MLP defined here even if lclmt_jax.models exists')
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args()
+
+    model_rng, data_rng = jax.random.split(jax.random.PRNGKey(args.seed))
+    logits_fn = None if args.standalone else _project_mlp(model_rng)
+    source = 'lclmt_jax.models.MLP'
+    if logits_fn is None:
+        logits_fn, source = _standalone_mlp(model_rng), 'standalone jnp MLP'
+
+    images = np.asarray(jax.random.uniform(data_rng, (args.num_examples, *IMAGE_SHAPE)))
+    labels = np.asarray(jnp.argmax(jax.jit(logits_fn)(images), axis=-1), dtype=np.int32)
+    config = CWConfig(steps=args.steps, binary_search_steps=args.binary_search_steps,
+                      batch_size=args.batch_size)
+    chunk = min(config.batch_size, args.num_examples)
+
+    print(f'jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} cpus); '
+          f'model: {source}; {config}')
+
+    start = time.perf_counter()
+    cw_l2_attack_batch.lower(logits_fn, images[:chunk], labels[:chunk], config).compile()
+    compile_s = time.perf_counter() - start
+    print(f'compile (AOT lower+compile, one batch of {chunk}): {compile_s:.2f} s')
+
+    start = time.perf_counter()
+    norms = cw_l2_min_norms(logits_fn, images, labels, config)
+    first_s = time.perf_counter() - start
+    print(f'first call (jit compile + run): {first_s:.2f} s')
+
+    times = []
+    for i in range(args.repeats):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        norms = cw_l2_min_norms(logits_fn, images, labels, config)
+        times.append(time.perf_counter() - start)
+        # CPU seconds of this process: if they fall well short of cores x wall, the machine was
+        # shared and the wall time overstates the cost.
+        print(f'run {i + 1}/{args.repeats}: {times[-1]:.2f} s '
+              f'(process cpu {time.process_time() - cpu_start:.1f} s)')
+
+    finite = norms[np.isfinite(norms)]
+    found = f'{finite.size}/{norms.size} found'
+    if finite.size:
+        found += f', median norm {np.median(finite):.3f}'
+    median = float(np.median(times)) if times else float('nan')
+    print(f'SUMMARY cw_l2 n={args.num_examples} steps={config.steps} '
+          f'binary_steps={config.binary_search_steps}: compile {compile_s:.2f} s, '
+          f'median {median:.2f} s over {len(times)} runs '
+          f'[{", ".join(f"{t:.2f}" for t in times)}], {found}')
+
+
+if __name__ == '__main__':
+    main()
