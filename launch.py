@@ -3,8 +3,11 @@
   python launch.py --config=experiments/mnist_lc.py --workdir=DIR        # train
   python launch.py --mode=evaluate --workdir=DIR                          # certify, attack, draw
   python launch.py --mode=compare --workdir=OUT --runs=DIR1,DIR2,...      # overlay runs
+  python launch.py --config=experiments/mnist_fig2_sweep.py --workdir=DIR --sweep=run    # a sweep
 
 Any config field can be overridden, e.g. ``--config.epsilon=0.5 --config.num_epochs=10``.
+Several processes (TPU pod, Slurm, MPI: detected; otherwise ``--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I``) run the same command and train one model together.
 """
 
 import os
@@ -22,7 +25,18 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'compare'],
                           'train a config; evaluate the run in --workdir; compare --runs.')
 _RUNS = flags.DEFINE_list('runs', [], 'compare mode: workdirs of the runs to overlay.')
 _MAX_EXAMPLES = flags.DEFINE_integer('max_examples', None,
-                                     'evaluate mode: only the first N test examples.')
+                                     'evaluate mode, --sweep: only the first N test examples.')
+_SWEEP = flags.DEFINE_enum('sweep', None, ['run', 'print'],
+                           'For a --config file with get_sweep(variant): run = train and evaluate '
+                           'every member in --workdir/<member>, then write the comparison table; '
+                           'print = one shell command per member, for a scheduler.')
+_DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
+                                 'Multi-process runtime: auto = when launched by Slurm/MPI with '
+                                 'several tasks, on a TPU VM, or with the flags below.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0, for several processes.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes in the job.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process: 0 .. num_processes - 1.')
 flags.mark_flag_as_required('workdir')
 
 
@@ -31,10 +45,18 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     # Imported here so that --help and flag errors do not wait for JAX and TensorFlow.
-    from lclmt_jax import evaluate, train
+    from lclmt_jax import distributed, evaluate, sweeps, train
 
     try:
-        if _MODE.value == 'train':
+        # Before anything touches a JAX backend.
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               _DISTRIBUTED.value)
+        if _SWEEP.value:
+            if _MODE.value != 'train' or _CONFIG.value is None:
+                raise ValueError('--sweep needs --config=FILE[:variant] and the default --mode')
+            sweeps.launch(flags.FLAGS['config'], _SWEEP.value, _WORKDIR.value,
+                          _MAX_EXAMPLES.value, program=sys.argv[0])
+        elif _MODE.value == 'train':
             if _CONFIG.value is None:
                 raise ValueError('--config is required to train')
             train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -45,7 +67,7 @@ def main(argv: list[str]) -> None:
                 raise ValueError('--runs=DIR1,DIR2,... is required in compare mode')
             evaluate.compare_runs(_RUNS.value, _WORKDIR.value)
     except (ValueError, FileNotFoundError, train.NonFiniteLossError,
-            evaluate.BrokenCertificateError) as error:
+            evaluate.BrokenCertificateError, sweeps.SweepError) as error:
         print(f'error: {error}', file=sys.stderr)
         sys.exit(1)
 

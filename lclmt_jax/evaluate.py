@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -113,7 +114,9 @@ def certify_and_attack(restored: RestoredModel, images: np.ndarray, labels: np.n
 
 
 def save_evaluation(workdir: str, results: dict) -> None:
-    """Writes evaluation.json, curves.csv, per_example.csv and the per-model figure."""
+    """Writes evaluation.json, curves.csv, per_example.csv and the per-model figure (process 0)."""
+    if jax.process_index() != 0:
+        return
     out = os.path.join(workdir, EVALUATION_DIR)
     os.makedirs(out, exist_ok=True)
     curves, per_example = results['curves'], results['per_example']
@@ -144,6 +147,8 @@ def compare_runs(workdirs: Sequence[str], outdir: str) -> list[dict]:
     for workdir in workdirs:
         config = writers.load_config(workdir)
         label = run_label(config)
+        if label in histories:  # e.g. a sweep over seeds: keep both curves apart
+            label = f'{label} [{os.path.basename(os.path.normpath(workdir))}]'
         records = writers.read_metrics(workdir)
         histories[label] = records
         row = {'run': label, 'workdir': os.path.abspath(workdir), 'method': config.method,

@@ -1,0 +1,357 @@
+"""Sweeps: one experiment file, several runs that differ in a few config fields.
+
+An experiment file declares a sweep with a module-level ``get_sweep(variant)`` beside its
+``get_config(variant)``: a list of override dicts with dotted keys, one per member, applied on
+top of the file's config (and of the command line's ``--config.*`` overrides, which apply to
+every member)::
+
+    def get_sweep(variant=''):
+        return [{'method': 'lmt', 'epsilon': 0.2}, {'method': 'plain'}]
+
+Each member is named from its overrides (``lmt_eps0.2``, ``plain``) and runs in
+``<workdir>/<member>``. ``launch.py --sweep=run`` trains and evaluates the members one after
+another, skipping what is already done (an interrupted member resumes from its checkpoint), then
+overlays them with :func:`lclmt_jax.evaluate.compare_runs` (``comparison.csv``/``.json`` and the
+figures in ``<workdir>``). ``launch.py --sweep=print`` prints one shell command per member
+instead, for a scheduler.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import importlib.util
+import json
+import math
+import os
+import re
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+from lclmt_jax import checkpoints, configs, evaluate, train, writers
+
+# How a swept field shows up in a member's name; other fields use their last dotted component.
+SHORT_NAMES = {'epsilon': 'eps', 'learning_rate': 'lr', 'batch_size': 'bs', 'num_epochs': 'epochs',
+               'weight_decay': 'wd', 'hidden_sizes': 'h'}
+MEMBER_FILE = 'sweep_member.json'  # in a member's workdir once it is trained and evaluated
+
+
+class SweepError(RuntimeError):
+    """A sweep is malformed, or some of its members failed (the others still ran)."""
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f'{value:g}'
+    if isinstance(value, (tuple, list)):
+        return '-'.join(_format_value(item) for item in value)
+    return str(value)
+
+
+def member_name(overrides: Mapping[str, Any]) -> str:
+    """A short directory name from a member's overrides, in their order.
+
+    A string value names itself (``{'method': 'lmt'}`` -> ``lmt``); other values follow the field's
+    short name (``{'epsilon': 0.2}`` -> ``eps0.2``, ``{'mlp.hidden_sizes': (200, 200)}`` ->
+    ``h200-200``); booleans give ``field`` or ``nofield``. Parts are joined by ``_``.
+    """
+    parts = []
+    for key, value in overrides.items():
+        short = SHORT_NAMES.get(key.rsplit('.', 1)[-1], key.rsplit('.', 1)[-1])
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, bool):
+            parts.append(short if value else f'no{short}')
+        else:
+            parts.append(f'{short}{_format_value(value)}')
+    name = re.sub(r'[^A-Za-z0-9._+-]', '-', '_'.join(parts))
+    return name or 'base'
+
+
+def flag_value(value: Any) -> str:
+    """``value`` as ``--config.field=...`` text that ``ml_collections.config_flags`` parses back."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    if isinstance(value, (tuple, list)):
+        return '(' + ', '.join(flag_value(item) for item in value) + (',)' if len(value) == 1
+                                                                     else ')')
+    return str(value)
+
+
+def override_flags(overrides: Mapping[str, Any]) -> list[str]:
+    """Command-line flags that apply ``overrides`` (dotted keys) to ``--config``."""
+    return [f'--config.{key}={flag_value(value)}' for key, value in overrides.items()]
+
+
+def split_config_file(config_file: str) -> tuple[str, str]:
+    """``'path.py:variant'`` -> ``('path.py', 'variant')``, as ``config_flags`` splits it."""
+    path, _, variant = config_file.partition(':')
+    return path, variant
+
+
+def _load_module(path: str):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'config file {path!r} not found')
+    spec = importlib.util.spec_from_file_location(
+        f'lclmt_sweep_{abs(hash(os.path.abspath(path)))}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check_field(config: ml_collections.ConfigDict, key: str, what: str) -> None:
+    node = config
+    for depth, part in enumerate(key.split('.')):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            fields = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            prefix = '.'.join(key.split('.')[:depth] + [''])
+            close = difflib.get_close_matches(part, fields, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ''
+            raise ValueError(f'{what} sets {key!r}, which is not a config field{hint}')
+        node = node[part]
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
+                    what: str = 'override') -> ml_collections.ConfigDict:
+    """A copy of ``config`` with dotted-key ``overrides`` set; unknown fields or types raise."""
+    for key in overrides:
+        _check_field(config, key, what)
+    config = copy.deepcopy(config)
+    try:
+        config.update_from_flattened_dict(dict(overrides))
+    except TypeError as error:
+        raise ValueError(f'{what}: {error}'.splitlines()[0]) from None
+    return config
+
+
+@dataclasses.dataclass
+class Sweep:
+    """The members of a sweep: their names, overrides and configs.
+
+    Attributes:
+      config_file: ``path.py[:variant]`` as given to ``--config``.
+      base: the file's ``get_config(variant)`` with the command line's overrides applied.
+      base_overrides: those command-line overrides (dotted key -> value), for printed commands.
+      members: member name -> that member's overrides, in the file's order.
+    """
+
+    config_file: str
+    base: ml_collections.ConfigDict
+    base_overrides: dict[str, Any]
+    members: dict[str, dict[str, Any]]
+
+    @classmethod
+    def load(cls, config_file: str, overrides: Mapping[str, Any] | None = None,
+             base: ml_collections.ConfigDict | None = None) -> Sweep:
+        """Reads ``get_sweep`` (and ``get_config``, unless ``base`` is given) from the file.
+
+        ``overrides`` apply to every member; ``base``, when given, already includes them.
+        """
+        path, variant = split_config_file(config_file)
+        module = _load_module(path)
+        if not callable(getattr(module, 'get_sweep', None)):
+            raise ValueError(f'{path} declares no sweep: it needs a get_sweep(variant) returning '
+                             'a list of override dicts')
+        overrides = dict(overrides or {})
+        if base is None:
+            base = apply_overrides(module.get_config(variant), overrides, 'command line')
+        members: dict[str, dict[str, Any]] = {}
+        for member in module.get_sweep(variant):
+            if not isinstance(member, Mapping):
+                raise ValueError(f'{path}: get_sweep must return dicts, got {member!r}')
+            member = dict(member)
+            clash = sorted(set(member) & set(overrides))
+            if clash:
+                raise ValueError(f'--config.{clash[0]} is set by the sweep members of {path}; '
+                                 'drop it from the command line (or from get_sweep)')
+            name = member_name(member)
+            if name in members:
+                raise ValueError(f'{path}: two sweep members are both named {name!r} '
+                                 f'({members[name]} and {member})')
+            members[name] = member
+        if not members:
+            raise ValueError(f'{path}: get_sweep({variant!r}) returned no members')
+        sweep = cls(config_file, base, overrides, members)
+        for name in members:  # every member is checked before anything runs
+            configs.validate_config(sweep.config(name), num_devices=1)
+        return sweep
+
+    @classmethod
+    def from_config_flag(cls, flag) -> Sweep:
+        """The sweep of ``launch.py``'s ``--config`` flag (file, variant and ``--config.*``)."""
+        from ml_collections import config_flags
+
+        return cls.load(config_flags.get_config_filename(flag),
+                        config_flags.get_override_values(flag), base=flag.value)
+
+    def config(self, name: str) -> ml_collections.ConfigDict:
+        """The full config of member ``name``."""
+        return apply_overrides(self.base, self.members[name], f'sweep member {name!r}')
+
+    def commands(self, workdir: str, max_examples: int | None = None,
+                 program: str = 'launch.py') -> str:
+        """One shell line per member that trains and then evaluates it, as ``--sweep=run`` would.
+
+        Every process of a multi-host job runs the same line (``launch.py`` joins them).
+        """
+        lines = []
+        for name, overrides in self.members.items():
+            member_dir = os.path.join(workdir, name)
+            train_args = ['python', program, f'--config={self.config_file}',
+                          f'--workdir={member_dir}',
+                          *override_flags(self.base_overrides), *override_flags(overrides)]
+            evaluate_args = ['python', program, '--mode=evaluate', f'--workdir={member_dir}']
+            if max_examples is not None:
+                evaluate_args.append(f'--max_examples={max_examples}')
+            lines.append(f'{shlex.join(train_args)} && {shlex.join(evaluate_args)}')
+        return '\n'.join(lines)
+
+    def compare_command(self, workdir: str, program: str = 'launch.py') -> str:
+        """The command that builds the results table once every member has finished."""
+        runs = ','.join(os.path.join(workdir, name) for name in self.members)
+        return shlex.join(['python', program, '--mode=compare', f'--workdir={workdir}',
+                           f'--runs={runs}'])
+
+    def run(self, workdir: str, max_examples: int | None = None) -> list[dict]:
+        """Trains and evaluates every member not yet done, then writes and prints the table.
+
+        A member that fails (non-finite loss, broken certificate) does not stop the others; the
+        table covers every member with metrics, and a ``SweepError`` names the failures at the end.
+        """
+        failures = {}
+        for index, name in enumerate(self.members, 1):
+            _say(f'sweep member {index}/{len(self.members)}: {name}')
+            try:
+                self.run_member(name, workdir, max_examples)
+            except (train.NonFiniteLossError, evaluate.BrokenCertificateError) as error:
+                logging.error('sweep member %s failed: %s', name, error)
+                failures[name] = str(error)
+        done = [os.path.join(workdir, name) for name in self.members
+                if os.path.exists(os.path.join(workdir, name, writers.METRICS_FILE))]
+        table = []
+        if done and jax.process_index() == 0:
+            table = evaluate.compare_runs(done, workdir)
+            _say(format_table(table, self.base))
+            _say(f'table and figures: {os.path.abspath(workdir)}/comparison.csv, *.png')
+        if failures:
+            raise SweepError(f'{len(failures)} of {len(self.members)} sweep members failed: '
+                             + '; '.join(f'{name}: {error}' for name, error in failures.items()))
+        return table
+
+    def run_member(self, name: str, workdir: str, max_examples: int | None = None) -> str:
+        """Trains (or resumes) and evaluates one member unless that is done; returns its workdir."""
+        config = self.config(name)
+        member_dir = os.path.join(workdir, name)
+        record = {'member': name, 'max_examples': max_examples, 'config': _as_json(config)}
+        if _read_json(os.path.join(member_dir, MEMBER_FILE)) == record:
+            _say(f'  {member_dir}: trained and evaluated, skipped')
+            return member_dir
+        _check_same_training(member_dir, config)
+        if _trained_epochs(member_dir) < config.num_epochs:
+            train.train_and_evaluate(config, member_dir)
+        evaluate.evaluate_run(member_dir, max_examples)
+        if jax.process_index() == 0:
+            with open(os.path.join(member_dir, MEMBER_FILE), 'w') as f:
+                json.dump(record, f, indent=2)
+        return member_dir
+
+
+def launch(config_flag, action: str, workdir: str, max_examples: int | None = None,
+           program: str = 'launch.py') -> None:
+    """``launch.py --sweep=run|print``: the sweep of ``--config`` (with its ``--config.*``)."""
+    sweep = Sweep.from_config_flag(config_flag)
+    if action == 'print':
+        print(sweep.commands(workdir, max_examples, program))
+        print(f'# when all have finished, the table: {sweep.compare_command(workdir, program)}',
+              file=sys.stderr)
+    elif action == 'run':
+        sweep.run(workdir, max_examples)
+    else:
+        raise ValueError(f'unknown sweep action {action!r}; allowed: run, print')
+
+
+# Fields that may change between invocations without invalidating a member's training: how long
+# it trains (it resumes), how often it checkpoints, where the data files are, how it is evaluated.
+_NOT_TRAINING = ('num_epochs', 'checkpoint_every_epochs', 'eval_batch_size', 'certificate',
+                 'evaluation', 'attack', 'data.path', 'data.manual_dir', 'data.data_dir',
+                 'data.pipeline')
+
+
+def _as_json(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _flatten(tree: Mapping, prefix: str = '') -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f'{prefix}{key}.'))
+        else:
+            flat[f'{prefix}{key}'] = value
+    return flat
+
+
+def _check_same_training(member_dir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuses to resume a member whose workdir was trained with other training fields."""
+    saved = _read_json(os.path.join(member_dir, writers.CONFIG_FILE))
+    if saved is None:
+        return
+    old, new = _flatten(saved), _flatten(_as_json(config))
+    # Fields in only one of the two were added to (or dropped from) the code in between.
+    changed = sorted(key for key in old.keys() & new.keys() if old[key] != new[key] and not any(
+        key == field or key.startswith(f'{field}.') for field in _NOT_TRAINING))
+    if changed:
+        key = changed[0]
+        raise ValueError(f'{member_dir} was trained with {key}={old[key]!r}, the sweep now '
+                         f'says {new[key]!r}; use another --workdir or delete that run')
+
+
+def _say(line: str) -> None:
+    if jax.process_index() == 0:
+        print(line, flush=True)
+
+
+def _read_json(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _trained_epochs(member_dir: str) -> int:
+    """The epoch of the newest checkpoint in ``member_dir``, 0 if none."""
+    if not os.path.isdir(os.path.join(member_dir, checkpoints.CHECKPOINT_DIR)):
+        return 0
+    manager = checkpoints.checkpoint_manager(member_dir)
+    epoch = manager.latest_step()
+    manager.close()
+    return int(epoch or 0)
+
+
+def format_table(table: Sequence[dict], config: ml_collections.ConfigDict) -> str:
+    """The headline columns of ``compare_runs``'s table as aligned text, one row per member."""
+    certified = [f'certified_{config.certificate}@{eps:g}' for eps in config.evaluation.epsilons]
+    columns = ['member', 'run', 'epochs', 'train_accuracy', 'test_accuracy', *certified,
+               'first_epoch_meeting_bound']
+    headers = ['member', 'run', 'epochs', 'train_acc', 'test_acc',
+               *(f'cert@{eps:g}' for eps in config.evaluation.epsilons), 'bound_met_at']
+    rows = []
+    for row in table:
+        row = {**row, 'member': os.path.basename(row['workdir'])}
+        rows.append(['-' if row.get(c) is None else
+                     f'{row[c]:.4f}' if isinstance(row[c], float) else str(row[c])
+                     for c in columns])
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=False)]
+    return '\n'.join('  '.join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+                     for line in [headers, *rows])
