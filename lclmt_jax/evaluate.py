@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from collections.abc import Sequence
 
 import jax
@@ -51,6 +52,7 @@ def _write_csv(path: str, columns: dict[str, np.ndarray]) -> None:
 
 def evaluate_run(workdir: str, max_examples: int | None = None) -> dict:
     """Certifies and attacks the test set of the run in ``workdir``; writes files and figures."""
+    started = time.perf_counter()
     restored = restore(workdir)
     config = restored.config
     dataset = data.load_dataset(config.data)
@@ -58,7 +60,8 @@ def evaluate_run(workdir: str, max_examples: int | None = None) -> dict:
     images = np.asarray(data.to_float(jnp.asarray(dataset.test_images[:count])))
     labels = dataset.test_labels[:count].astype(np.int32)
     results = certify_and_attack(restored, images, labels)
-    results.update(workdir=os.path.abspath(workdir), epoch=restored.epoch, label=run_label(config))
+    results.update(workdir=os.path.abspath(workdir), epoch=restored.epoch, label=run_label(config),
+                   evaluation_seconds=time.perf_counter() - started)
     save_evaluation(workdir, results)
     broken = results['broken_certificates']
     if broken:
@@ -155,7 +158,8 @@ def compare_runs(workdirs: Sequence[str], outdir: str) -> list[dict]:
                'epsilon': config.epsilon, 'epochs': len(records),
                'train_accuracy': records[-1]['train_accuracy'] if records else None,
                'test_accuracy': records[-1]['test_accuracy'] if records else None,
-               'first_epoch_meeting_bound': plots.first_epoch_meeting_bound(records)}
+               'first_epoch_meeting_bound': plots.first_epoch_meeting_bound(records),
+               'train_seconds': sum(r.get('epoch_seconds', 0.0) for r in records)}
         summary_path = os.path.join(workdir, EVALUATION_DIR, 'evaluation.json')
         if os.path.exists(summary_path):
             with open(summary_path) as f:
@@ -168,6 +172,7 @@ def compare_runs(workdirs: Sequence[str], outdir: str) -> list[dict]:
                 row.update({f'certified_{name}@{eps}': acc for eps, acc in accuracies.items()})
             row.update({f'attack@{eps}': acc for eps, acc in summary['attack_accuracy'].items()})
             row['broken_certificates'] = summary['broken_certificates']
+            row['evaluation_seconds'] = summary.get('evaluation_seconds')
         table.append(row)
     plots.plot_margins(histories, os.path.join(outdir, 'fig1a_margins.png'))
     plots.plot_loss(histories, os.path.join(outdir, 'fig1b_loss.png'))
