@@ -185,4 +185,16 @@ def compare_runs(workdirs: Sequence[str], outdir: str) -> list[dict]:
         out = csv.DictWriter(f, fieldnames=columns)
         out.writeheader()
         out.writerows(table)
+    with open(os.path.join(outdir, 'comparison.md'), 'w') as f:
+        f.write(markdown_table(table, [c for c in columns if c not in ('workdir', 'method')]))
     return table
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """A Markdown table of ``rows`` (floats to 4 significant digits), for reports."""
+    def cell(value):
+        return f'{value:.4g}' if isinstance(value, float) else ('' if value is None else str(value))
+    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+    lines += ['| ' + ' | '.join(cell(row.get(c)) for c in columns) + ' |' for row in rows]
+    return '\n'.join(lines) + '\n'
+
