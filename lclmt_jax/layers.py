@@ -9,8 +9,10 @@ Every layer returns ``(y, bound)`` where ``bound`` is a Lipschitz constant of ``
 * ``sound=True`` (certification): a guaranteed *upper* bound computed on the host in float64 from
   the concrete parameters (never under ``jit``).
 
-Networks compose these: a chain multiplies bounds, a residual block adds them. Adding a layer type
-means adding its module and its two bound functions to this file; the train step never changes.
+Networks compose these: a chain multiplies bounds, a residual block adds them, and a conv can fold
+the per-channel multipliers of neighbouring batch norms into its own bound (``in_scale``,
+``out_scale``). Adding a layer type means adding its module and its two bound functions to this
+file; the train step never changes.
 """
 
 from __future__ import annotations
@@ -145,8 +147,22 @@ def _conv(x: Array, kernel: Array, strides: tuple[int, int],
                                         dimension_numbers=_CONV_DIMS)
 
 
+def scale_kernel(kernel: Any, in_scale: Any = None, out_scale: Any = None) -> Any:
+    """The HWIO kernel of x -> diag(out_scale)·conv(diag(in_scale)·x, kernel).
+
+    ``in_scale`` (C_in,) and ``out_scale`` (C_out,) are per-channel factors, repeated over
+    positions; None means 1. Works on jax and numpy arrays alike.
+    """
+    if in_scale is not None:
+        kernel = kernel * in_scale[:, None]
+    if out_scale is not None:
+        kernel = kernel * out_scale
+    return kernel
+
+
 def conv_power_iteration(kernel: Array, v: Array, stride: int | Sequence[int] = 1,
-                         padding: ConvPadding = 'SAME') -> tuple[Array, Array]:
+                         padding: ConvPadding = 'SAME', in_scale: Array | None = None,
+                         out_scale: Array | None = None) -> tuple[Array, Array]:
     """One power-iteration step for the operator norm of the bias-free conv on ``v``'s shape.
 
     The conv ``A: x -> conv(x, kernel)`` is a linear map on inputs of shape ``v.shape`` = (1, H,
@@ -155,7 +171,11 @@ def conv_power_iteration(kernel: Array, v: Array, stride: int | Sequence[int] = 
     sigma = <u, A v'> with u, v' stop-gradiented, so d sigma/d kernel is the gradient of the top
     singular value once v has converged. sigma = |A^T u| <= |A|_2 for every v (Cauchy-Schwarz on
     unit vectors), so it is a lower bound that tightens as v' converges. Returns (sigma, v').
+
+    With ``in_scale``/``out_scale`` the map is diag(out_scale)·A·diag(in_scale) (see
+    ``scale_kernel``), and sigma is differentiable in the scales too.
     """
+    kernel = scale_kernel(kernel, in_scale, out_scale)
     strides = _pair(stride, 'stride')
     pads = conv_padding(padding, v.shape[1:3], kernel.shape[:2], strides)
     v = jax.lax.stop_gradient(v)
@@ -163,7 +183,10 @@ def conv_power_iteration(kernel: Array, v: Array, stride: int | Sequence[int] = 
     image, transpose = jax.vjp(lambda z: _conv(z, w, strides, pads), v)
     u = _normalize(image)
     (back,) = transpose(u)
-    v_new = jax.lax.stop_gradient(_normalize(back))
+    # A zero kernel (e.g. a residual branch initialised to zero) maps everything to 0: keep the
+    # old vector then, or the iteration would be stuck at v = 0 once the kernel grows.
+    norm = jnp.linalg.norm(back)
+    v_new = jax.lax.stop_gradient(jnp.where(norm > 0, back / jnp.where(norm > 0, norm, 1.0), v))
     sigma = jnp.sum(u * _conv(v_new, kernel, strides, pads))
     return sigma, v_new
 
@@ -200,8 +223,13 @@ def circular_conv_norm(kernel: np.ndarray, grid: Sequence[int], strides: Sequenc
 
 
 def conv_upper_bound(kernel: Array, input_shape: Sequence[int], stride: int | Sequence[int] = 1,
-                     padding: ConvPadding = 'SAME') -> float:
+                     padding: ConvPadding = 'SAME', in_scale: Any = None,
+                     out_scale: Any = None) -> float:
     """Guaranteed upper bound on the operator norm of the bias-free, zero-padded, strided conv.
+
+    With ``in_scale``/``out_scale`` (per-channel factors, float64 on the host) the bound is that
+    of diag(out_scale)·conv·diag(in_scale): the same conv with the float64 kernel of
+    ``scale_kernel``, so the proof below applies unchanged.
 
     ``input_shape`` is the input's (H, W), (H, W, C_in) or (N, H, W, C_in); the bound is for the
     conv as a linear map on exactly that spatial shape. Proof, per spatial axis with input size
@@ -222,6 +250,8 @@ def conv_upper_bound(kernel: Array, input_shape: Sequence[int], stride: int | Se
     (1 + SOUND_SLACK) makes the float a guaranteed upper bound.
     """
     matrix = _require_concrete(kernel, 'a conv layer')
+    matrix = scale_kernel(matrix, *(None if scale is None else _require_concrete(scale, 'a scale')
+                                    for scale in (in_scale, out_scale)))
     input_shape = tuple(input_shape)
     if len(input_shape) not in (2, 3, 4) or (len(input_shape) > 2
                                              and input_shape[-1] != matrix.shape[2]):
@@ -242,6 +272,15 @@ class LipschitzConv(nn.Module):
     zero padding included); the bias does not change a Lipschitz constant. The power-iteration
     vector ``'lipschitz'/'v'`` has shape (1, H, W, C_in), fixed at init, so the layer must keep
     seeing inputs of that spatial shape.
+
+    ``in_scale``/``out_scale`` (per-channel, e.g. the multipliers of the batch norms before and
+    after the conv, see ``LipschitzBatchNorm.per_channel``) change only the returned bound: it is
+    then that of diag(out_scale)·conv·diag(in_scale), while ``y`` is still the plain conv. A
+    network uses it to bound BN-conv-BN chains as one operator (``models.PreActBlock``), which is
+    much tighter than the product of the three norms. In sound mode the scales must be concrete.
+    ``with_bound=False`` returns ``(y, None)`` and leaves the power iteration alone: for a caller
+    whose ``out_scale`` depends on ``y``, which then calls the layer again on the same input for
+    the bound (the second forward conv is unused and compiled away).
     """
 
     features: int
@@ -252,7 +291,8 @@ class LipschitzConv(nn.Module):
     kernel_init: Any = nn.initializers.lecun_normal()
 
     @nn.compact
-    def __call__(self, x: Array, *, train: bool = False, sound: bool = False):
+    def __call__(self, x: Array, *, train: bool = False, sound: bool = False,
+                 in_scale: Any = None, out_scale: Any = None, with_bound: bool = True):
         kernel_hw = _pair(self.kernel_size, 'kernel_size')
         strides = _pair(self.strides, 'strides')
         pads = conv_padding(self.padding, x.shape[1:3], kernel_hw, strides)
@@ -260,15 +300,17 @@ class LipschitzConv(nn.Module):
         y = _conv(x, kernel.astype(x.dtype), strides, pads)
         if self.use_bias:
             y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(x.dtype)
+        if not with_bound:
+            return y, None
         if sound:
-            return y, conv_upper_bound(kernel, x.shape, strides, pads)
+            return y, conv_upper_bound(kernel, x.shape, strides, pads, in_scale, out_scale)
         v = self.variable(
             'lipschitz', 'v',
             lambda: _normalize(jax.random.normal(self.make_rng('params'), (1, *x.shape[1:]))))
         if v.value.shape[1:] != x.shape[1:]:
             raise ValueError(f'{self.name}: initialized for inputs of shape {v.value.shape[1:]}, '
                              f'applied to {x.shape[1:]}; the bound depends on the input shape')
-        sigma, v_new = conv_power_iteration(kernel, v.value, strides, pads)
+        sigma, v_new = conv_power_iteration(kernel, v.value, strides, pads, in_scale, out_scale)
         if train and self.is_mutable_collection('lipschitz') and not self.is_initializing():
             v.value = v_new
         return y, sigma
@@ -277,18 +319,28 @@ class LipschitzConv(nn.Module):
 # ----------------------------------------------------------------------------- batch norm
 
 
+def batch_norm_multipliers(scale: Array, var: Array, epsilon: float) -> np.ndarray:
+    """|gamma_c|/sqrt(var_c + eps) per channel in float64: |D| of BN with fixed statistics.
+
+    eps is taken as the smaller of its float64 and float32 values so the multipliers are at least
+    those of the network evaluated in either precision. Not rounded up: a bound built from them
+    adds ``SOUND_SLACK`` itself.
+    """
+    gamma = _require_concrete(scale, 'a batch norm layer')
+    variance = _require_concrete(var, 'a batch norm layer')
+    eps = min(float(epsilon), float(np.float32(epsilon)))
+    return np.abs(gamma) / np.sqrt(variance + eps)
+
+
 def batch_norm_upper_bound(scale: Array, var: Array, epsilon: float) -> float:
     """Guaranteed bound max_c |gamma_c|/sqrt(var_c + eps) of BN with fixed statistics, float64.
 
     BN with fixed (mean, var) is x -> D x + const with D diagonal (per channel, repeated over
     positions), so its L2 Lipschitz constant is exactly max |D| (a diagonal matrix's spectral norm
-    is its largest absolute entry). eps is taken as the smaller of its float64 and float32 values
-    so the bound covers the network evaluated in either precision; SOUND_SLACK covers rounding.
+    is its largest absolute entry). eps as in ``batch_norm_multipliers``; SOUND_SLACK covers
+    rounding.
     """
-    gamma = _require_concrete(scale, 'a batch norm layer')
-    variance = _require_concrete(var, 'a batch norm layer')
-    eps = min(float(epsilon), float(np.float32(epsilon)))
-    return float(np.max(np.abs(gamma) / np.sqrt(variance + eps)) * (1.0 + SOUND_SLACK))
+    return float(np.max(batch_norm_multipliers(scale, var, epsilon)) * (1.0 + SOUND_SLACK))
 
 
 class LipschitzBatchNorm(nn.Module):
@@ -307,11 +359,16 @@ class LipschitzBatchNorm(nn.Module):
     -- which is the standard LMT convention (Tsuzuku et al., 2018): it steers training, and the
     certificate always uses eval mode. The train-mode value is differentiable in gamma and in the
     batch variance.
+
+    ``per_channel=True`` returns the whole diagonal |D| = |gamma|/sqrt(var + eps) (C,) instead of
+    its maximum -- float64 ``batch_norm_multipliers`` in sound mode -- for a following or
+    preceding conv to fold into its own bound (``LipschitzConv``'s ``in_scale``/``out_scale``).
     """
 
     momentum: float = 0.9
     epsilon: float = 1e-5
     axis_name: str | None = None
+    per_channel: bool = False
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, sound: bool = False):
@@ -337,7 +394,11 @@ class LipschitzBatchNorm(nn.Module):
         multiplier = scale * jax.lax.rsqrt(var + self.epsilon)
         y = (x - mean.astype(x.dtype)) * multiplier.astype(x.dtype) + bias.astype(x.dtype)
         if sound:
+            if self.per_channel:
+                return y, batch_norm_multipliers(scale, var, self.epsilon)
             return y, batch_norm_upper_bound(scale, var, self.epsilon)
+        if self.per_channel:
+            return y, jnp.abs(multiplier)
         return y, jnp.max(jnp.abs(multiplier))
 
 

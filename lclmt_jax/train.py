@@ -53,7 +53,11 @@ def make_mesh(devices: list | None = None) -> jax.sharding.Mesh:
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      steps_per_epoch: int) -> optax.GradientTransformation:
-    """The optax optimizer, learning-rate schedule and weight decay named by the config."""
+    """The optax optimizer, learning-rate schedule, weight decay and clipping named by the config.
+
+    ``config.grad_clip_norm`` (None: off) clips the loss gradient's global norm before the weight
+    decay is added, so the decay is never scaled down with it (see ``configs.svhn_variant``).
+    """
     total_steps = max(1, config.num_epochs * steps_per_epoch)
     if config.schedule == 'cosine':
         learning_rate = optax.cosine_decay_schedule(config.learning_rate, total_steps)
@@ -66,9 +70,13 @@ def create_optimizer(config: ml_collections.ConfigDict,
         optimizer = optax.sgd(learning_rate, momentum=0.9, nesterov=True)
     else:
         optimizer = optax.adam(learning_rate)
+    stages = []
+    clip = config.get('grad_clip_norm', None)
+    if clip is not None:  # on the loss gradient alone, before weight decay is added
+        stages.append(optax.clip_by_global_norm(clip))
     if config.weight_decay:
-        return optax.chain(optax.add_decayed_weights(config.weight_decay), optimizer)
-    return optimizer
+        stages.append(optax.add_decayed_weights(config.weight_decay))
+    return optax.chain(*stages, optimizer) if stages else optimizer
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: Array,

@@ -181,6 +181,60 @@ def test_conv_module_estimate_update_sound_bound_and_gradient():
         conv.apply(variables, jnp.zeros((1, 8, 6, 2)))
 
 
+def test_channel_scaled_conv_estimate_and_bound_are_those_of_the_scaled_map():
+    """diag(out)·conv·diag(in): power iteration, sound bound and module against its dense matrix."""
+    case = (3, 2, 'SAME', 3, 4, 8, 8)
+    kernel = _kernel(case)
+    rng = np.random.default_rng(5)
+    in_scale = jnp.asarray(rng.uniform(-2.0, 2.0, 3), jnp.float32)
+    out_scale = jnp.asarray(rng.uniform(0.1, 3.0, 4), jnp.float32)
+    matrix = np.asarray(_conv_matrix_traceable(kernel, (8, 8, 3), 2, 'SAME'), np.float64)
+    scaled = (np.tile(np.asarray(out_scale, np.float64), 16)[:, None] * matrix
+              * np.tile(np.asarray(in_scale, np.float64), 64)[None, :])  # NHWC: channel last
+    exact = np.linalg.svd(scaled, compute_uv=False)[0]
+
+    run = jax.jit(lambda v: jax.lax.scan(lambda v, _: tuple(reversed(
+        layers.conv_power_iteration(kernel, v, 2, 'SAME', in_scale, out_scale))), v, None,
+        length=1000))
+    _, sigmas = run(_unit((1, 8, 8, 3), 1))
+    assert float(sigmas.max()) <= exact * (1 + 1e-5)
+    np.testing.assert_allclose(float(sigmas[-1]), exact, rtol=1e-3)
+    bound = layers.conv_upper_bound(kernel, (8, 8, 3), 2, 'SAME', in_scale, out_scale)
+    assert exact <= bound <= 1.5 * exact
+    assert bound == layers.conv_upper_bound(
+        np.asarray(kernel, np.float64) * np.asarray(in_scale, np.float64)[:, None]
+        * np.asarray(out_scale, np.float64), (8, 8, 3), 2, 'SAME')
+    # The plain product of the three norms is looser.
+    product = (np.abs(in_scale).max() * layers.conv_upper_bound(kernel, (8, 8, 3), 2, 'SAME')
+               * np.abs(out_scale).max())
+    assert bound < product
+
+    # The module: the output is the plain conv, the bound that of the scaled map.
+    conv = layers.LipschitzConv(4, 3, 2, use_bias=False)
+    x = _unit((2, 8, 8, 3), 2)
+    variables = {'params': {'kernel': kernel},
+                 'lipschitz': {'v': _unit((1, 8, 8, 3), 1)}}
+    y, sound = conv.apply(variables, x, sound=True, in_scale=np.asarray(in_scale),
+                          out_scale=np.asarray(out_scale))
+    assert sound == bound
+    chex.assert_trees_all_close(y, conv.apply(variables, x)[0])
+    y_only, none = conv.apply(variables, x, train=True, with_bound=False)
+    assert none is None
+    chex.assert_trees_all_close(y_only, y)
+
+
+def test_power_iteration_survives_a_zero_kernel():
+    """A zero kernel (a zero-initialised residual branch) keeps the vector, so it can recover."""
+    v = _unit((1, 6, 6, 2), 0)
+    sigma, v_new = layers.conv_power_iteration(jnp.zeros((3, 3, 2, 2)), v)
+    assert float(sigma) == 0.0
+    chex.assert_trees_all_equal(v_new, v)
+    kernel = _kernel((3, 1, 'SAME', 2, 2, 6, 6))
+    _, sigmas = _power_iterations(kernel, v_new, 1, 'SAME', 300)
+    np.testing.assert_allclose(float(sigmas[-1]), _exact_conv_norm(kernel, (6, 6, 2), 1, 'SAME'),
+                               rtol=2e-3)
+
+
 # ----------------------------------------------------------------------------- batch norm
 
 
@@ -256,9 +310,10 @@ def test_batch_norm_statistics_are_synced_over_the_axis_name():
 # ----------------------------------------------------------------------------- residual block
 
 
+@pytest.mark.parametrize('fold_bn', [True, False], ids=['folded', 'product'])
 @pytest.mark.parametrize('features,strides', [(4, 1), (6, 2)], ids=['identity', 'projection'])
-def test_residual_block_bound_dominates_the_jacobian_norm(features, strides):
-    block = models.PreActBlock(features, strides)
+def test_residual_block_bound_dominates_the_jacobian_norm(features, strides, fold_bn):
+    block = models.PreActBlock(features, strides, fold_bn=fold_bn)
     x = _unit((1, 6, 6, 4), 0)
     variables = jax.jit(block.init)({'params': jax.random.key(1, impl='rbg')}, x)
     variables = _converge(block, _random_bn_variables(variables, 2), x)
@@ -266,17 +321,25 @@ def test_residual_block_bound_dominates_the_jacobian_norm(features, strides):
     _, estimate = block.apply(variables, x)
 
     params, stats = variables['params'], variables['batch_stats']
-    bn = {name: layers.batch_norm_upper_bound(params[name]['scale'], stats[name]['var'], 1e-5)
-          for name in ('bn1', 'bn2')}
-    conv = {name: layers.conv_upper_bound(params[name]['kernel'], shape, stride)
-            for name, shape, stride in [('conv1', (6, 6, 4), strides),
-                                        ('conv2', (6 // strides, 6 // strides, features), 1),
-                                        ('shortcut', (6, 6, 4), strides)] if name in params}
-    branch = conv['conv1'] * bn['bn2'] * conv['conv2']
-    if strides == 1:
-        np.testing.assert_allclose(sound, 1 + bn['bn1'] * branch, rtol=1e-12)
+    d = {name: layers.batch_norm_multipliers(params[name]['scale'], stats[name]['var'], 1e-5)
+         for name in ('bn1', 'bn2')}
+    shapes = {'conv1': ((6, 6, 4), strides), 'shortcut': ((6, 6, 4), strides),
+              'conv2': ((6 // strides, 6 // strides, features), 1)}
+    conv = {name: layers.conv_upper_bound(params[name]['kernel'], *shapes[name])
+            for name in shapes if name in params}
+    bn = {name: float(np.max(d[name]) * (1 + layers.SOUND_SLACK)) for name in d}
+    product = (1 + bn['bn1'] * conv['conv1'] * bn['bn2'] * conv['conv2'] if strides == 1 else
+               bn['bn1'] * (conv['shortcut'] + conv['conv1'] * bn['bn2'] * conv['conv2']))
+    if fold_bn:  # |D2 K1 D1|·|K2| (+ 1 or + |Ks D1|): see PreActBlock
+        folded = layers.conv_upper_bound(params['conv1']['kernel'], *shapes['conv1'],
+                                         in_scale=d['bn1'], out_scale=d['bn2'])
+        expected = (1 + folded * conv['conv2'] if strides == 1 else layers.conv_upper_bound(
+            params['shortcut']['kernel'], *shapes['shortcut'], in_scale=d['bn1'])
+            + folded * conv['conv2'])
+        np.testing.assert_allclose(sound, expected, rtol=1e-12)
+        assert sound < product / 1.5  # folding is tighter: 2.2x and 1.8x on these cases
     else:
-        np.testing.assert_allclose(sound, bn['bn1'] * (conv['shortcut'] + branch), rtol=1e-12)
+        np.testing.assert_allclose(sound, product, rtol=1e-12)
     assert float(estimate) <= sound * (1 + 1e-4)
     assert float(estimate) >= sound / 1.5  # converged: every layer's sound/exact ratio is <= 1.5
 
