@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from power_iteration import converge
 
 from lclmt_jax import layers, models
 
@@ -133,19 +134,6 @@ def test_sound_bounds_refuse_to_run_under_jit():
         jax.jit(lambda g: layers.batch_norm_upper_bound(g, jnp.ones(2), 1e-5))(jnp.ones(2))
 
 
-def _converge(model, variables, x, steps=1000):
-    """``steps`` training-mode calls that update only the power-iteration vectors."""
-    @jax.jit
-    def run(variables):
-        def body(_, lipschitz):
-            _, state = model.apply({**variables, 'lipschitz': lipschitz}, x, train=True,
-                                   mutable=['lipschitz'])
-            return state['lipschitz']
-        return {**variables, 'lipschitz': jax.lax.fori_loop(0, steps, body,
-                                                            variables['lipschitz'])}
-    return run(variables)
-
-
 def test_conv_module_estimate_update_sound_bound_and_gradient():
     conv = layers.LipschitzConv(3, kernel_size=3, strides=2, padding='SAME')
     x = _unit((2, 7, 6, 2), 0)
@@ -160,7 +148,7 @@ def test_conv_module_estimate_update_sound_bound_and_gradient():
     (_, sigma), state = conv.apply(variables, x, train=True, mutable=['lipschitz'])
     assert not np.allclose(state['lipschitz']['v'], variables['lipschitz']['v'])
 
-    variables = _converge(conv, variables, x)
+    variables = converge(conv, variables, x)
     y, sigma = conv.apply(variables, x)
     np.testing.assert_allclose(float(sigma), exact, rtol=1e-3)
     expected_y = jax.lax.conv_general_dilated(x, kernel, (2, 2), 'SAME',
@@ -316,7 +304,7 @@ def test_residual_block_bound_dominates_the_jacobian_norm(features, strides, fol
     block = models.PreActBlock(features, strides, fold_bn=fold_bn)
     x = _unit((1, 6, 6, 4), 0)
     variables = jax.jit(block.init)({'params': jax.random.key(1, impl='rbg')}, x)
-    variables = _converge(block, _random_bn_variables(variables, 2), x)
+    variables = converge(block, _random_bn_variables(variables, 2), x)
     _, sound = block.apply(variables, x, sound=True)
     _, estimate = block.apply(variables, x)
 

@@ -11,6 +11,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from power_iteration import converge
 
 from lclmt_jax import configs, inflation, layers, models, train
 
@@ -33,19 +34,6 @@ def _random_bn_variables(variables, seed):
         if path[-1].key in draw else leaf, variables)
 
 
-def _converge(model, variables, x, steps):
-    """``steps`` training-mode calls that update only the power-iteration vectors."""
-    @jax.jit
-    def run(variables):
-        def body(_, lipschitz):
-            _, state = model.apply({**variables, 'lipschitz': lipschitz}, x, train=True,
-                                   mutable=['lipschitz'])
-            return state['lipschitz']
-        return {**variables, 'lipschitz': jax.lax.fori_loop(0, steps, body,
-                                                            variables['lipschitz'])}
-    return run(variables)
-
-
 @pytest.fixture(scope='module')
 def small():
     """WRN-10-1 on 8×8×3: one identity block and two projection blocks (strides 2)."""
@@ -65,7 +53,7 @@ def batch():
 def converged(small, batch):
     """``small`` after 1000 power-iteration steps (train mode, only 'lipschitz' mutable)."""
     model, variables = small
-    return _converge(model, variables, batch[0], 1000)
+    return converge(model, variables, batch[0], 1000)
 
 
 def test_small_wrn_structure_and_head_convention(small):
