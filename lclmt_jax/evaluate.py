@@ -85,7 +85,8 @@ def certify_and_attack(restored: RestoredModel, images: np.ndarray, labels: np.n
     top = max(2.0, 1.1 * float(finite.max()) if finite.size else 0.0,
               max(config.evaluation.epsilons))
     grid = np.linspace(0.0, top, RADIUS_GRID_POINTS)
-    broken = certify.broken_certificates(radii[config.certificate], correct, norms)
+    broken = {name: len(certify.broken_certificates(r, correct, norms))
+              for name, r in radii.items()}
     return {
         'num_examples': int(len(labels)),
         'clean_accuracy': float(correct.mean()),
@@ -103,9 +104,8 @@ def certify_and_attack(restored: RestoredModel, images: np.ndarray, labels: np.n
             attacks.accuracy_under_attack(norms, config.evaluation.epsilons), strict=True)},
         'attack_success_rate': float(np.isfinite(norms[correct]).mean()) if correct.any() else 0.,
         'median_attack_norm': float(np.median(norms[correct])) if correct.any() else 0.,
-        'broken_certificates': int(len(broken)),
-        'broken_certificates_both': int(sum(
-            len(certify.broken_certificates(r, correct, norms)) for r in radii.values())),
+        'broken_certificates': broken[config.certificate],
+        'broken_certificates_both': sum(broken.values()),
         'curves': {
             'radius': grid,
             'attack_accuracy': attacks.accuracy_under_attack(norms, grid),
