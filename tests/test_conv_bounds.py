@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from bound_testing import converge, random_bn_variables
 from jax.sharding import PartitionSpec as P
-from power_iteration import converge
 
 from lclmt_jax import layers, models
 
@@ -226,17 +226,6 @@ def test_power_iteration_survives_a_zero_kernel():
 # ----------------------------------------------------------------------------- batch norm
 
 
-def _random_bn_variables(variables, seed):
-    """Random gamma (both signs) and running statistics for every BN in ``variables``."""
-    rng = np.random.default_rng(seed)
-    draw = {'scale': lambda shape: rng.uniform(-1.5, 1.5, shape),
-            'var': lambda shape: rng.uniform(0.3, 2.0, shape),
-            'mean': lambda shape: rng.normal(size=shape)}
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.asarray(draw[path[-1].key](leaf.shape), leaf.dtype)
-        if path[-1].key in draw else leaf, variables)
-
-
 def _normal(shape, seed, scale=1.0, shift=0.0) -> jax.Array:
     return jnp.asarray(scale * np.random.default_rng(seed).normal(size=shape) + shift, jnp.float32)
 
@@ -249,7 +238,7 @@ def _jacobian_norm(fn, x) -> float:
 def test_batch_norm_eval_bound_is_the_jacobian_norm():
     bn = layers.LipschitzBatchNorm()
     x = _normal((1, 4, 3, 5), 0)
-    variables = _random_bn_variables(bn.init({'params': jax.random.key(0)}, x), 1)
+    variables = random_bn_variables(bn.init({'params': jax.random.key(0)}, x), 1)
     exact = _jacobian_norm(lambda z: bn.apply(variables, z[None])[0][0], x[0])
     _, estimate = bn.apply(variables, x)
     _, sound = bn.apply(variables, x, sound=True)
@@ -260,7 +249,7 @@ def test_batch_norm_eval_bound_is_the_jacobian_norm():
 def test_batch_norm_train_bound_is_that_of_the_affine_map_with_batch_statistics():
     bn = layers.LipschitzBatchNorm(momentum=0.8)
     x = _normal((6, 4, 3, 5), 0, scale=3.0, shift=1.0)
-    variables = _random_bn_variables(bn.init({'params': jax.random.key(0)}, x), 1)
+    variables = random_bn_variables(bn.init({'params': jax.random.key(0)}, x), 1)
     (y, bound), state = bn.apply(variables, x, train=True, mutable=['batch_stats'])
     x64 = np.asarray(x, np.float64)
     mean, var = x64.mean(axis=(0, 1, 2)), x64.var(axis=(0, 1, 2))
@@ -304,7 +293,7 @@ def test_residual_block_bound_dominates_the_jacobian_norm(features, strides, fol
     block = models.PreActBlock(features, strides, fold_bn=fold_bn)
     x = _unit((1, 6, 6, 4), 0)
     variables = jax.jit(block.init)({'params': jax.random.key(1, impl='rbg')}, x)
-    variables = converge(block, _random_bn_variables(variables, 2), x)
+    variables = converge(block, random_bn_variables(variables, 2), x)
     _, sound = block.apply(variables, x, sound=True)
     _, estimate = block.apply(variables, x)
 

@@ -9,9 +9,9 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from bound_testing import converge, random_bn_variables
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from power_iteration import converge
 
 from lclmt_jax import configs, inflation, layers, models, train
 
@@ -23,15 +23,18 @@ def _key(seed):
     return jax.random.key(seed, impl='rbg')
 
 
-def _random_bn_variables(variables, seed):
-    """Random gamma (both signs) and running statistics for every BN, as after some training."""
-    rng = np.random.default_rng(seed)
-    draw = {'scale': lambda shape: rng.uniform(-1.5, 1.5, shape),
-            'var': lambda shape: rng.uniform(0.3, 2.0, shape),
-            'mean': lambda shape: rng.normal(size=shape)}
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.asarray(draw[path[-1].key](leaf.shape), leaf.dtype)
-        if path[-1].key in draw else leaf, variables)
+def _lc_lmt_step(model, tx, images, labels):
+    """A jitted LC-LMT (eps = 0.1) step on one fixed batch, outside shard_map."""
+    loss_fn = functools.partial(train.inflated_loss, model, inflation.get_inflation('lc_lmt'), 0.1)
+
+    @jax.jit
+    def step(params, model_state, opt_state):
+        (_, result), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, model_state, images, labels)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), result.model_state, opt_state, result
+
+    return step
 
 
 @pytest.fixture(scope='module')
@@ -39,7 +42,7 @@ def small():
     """WRN-10-1 on 8×8×3: one identity block and two projection blocks (strides 2)."""
     model = models.WideResNet(depth=10, width=1, num_classes=10)
     variables = jax.jit(model.init)({'params': _key(0)}, jnp.zeros((1, *SHAPE)))
-    return model, _random_bn_variables(variables, 1)
+    return model, random_bn_variables(variables, 1)
 
 
 @pytest.fixture(scope='module')
@@ -102,22 +105,14 @@ def test_lc_lmt_training_steps_lower_the_loss(small, converged, batch):
     variables = converged
     params = variables['params']
     model_state = {k: v for k, v in variables.items() if k != 'params'}
-    loss_fn = functools.partial(train.inflated_loss, model, inflation.get_inflation('lc_lmt'), 0.1)
     tx = optax.adam(1e-3)
-
-    @jax.jit
-    def step(params, model_state, opt_state):
-        (loss, result), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, model_state, images, labels)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), result.model_state, opt_state, loss
-
+    step = _lc_lmt_step(model, tx, images, labels)
     opt_state = tx.init(params)
     losses = []
     new_params, new_state = params, model_state
     for _ in range(10):
-        new_params, new_state, opt_state, loss = step(new_params, new_state, opt_state)
-        losses.append(float(loss))
+        new_params, new_state, opt_state, result = step(new_params, new_state, opt_state)
+        losses.append(float(result.loss))
     assert np.all(np.isfinite(losses))
     assert losses[-1] < 0.5 * losses[0], losses
     for collection in ('batch_stats', 'lipschitz'):  # both updated by the train-mode apply
@@ -144,17 +139,9 @@ def test_zero_init_residual_starts_every_identity_block_at_bound_one(batch):
     # Training moves the zero kernels and the power iteration picks them up (no stuck v = 0).
     images, labels = batch
     tx = optax.sgd(0.01)
-    loss_fn = functools.partial(train.inflated_loss, model, inflation.get_inflation('lc_lmt'), 0.1)
+    step = _lc_lmt_step(model, tx, images, labels)
     params, model_state = variables['params'], {k: v for k, v in variables.items()
                                                  if k != 'params'}
-
-    @jax.jit
-    def step(params, model_state, opt_state):
-        (_, result), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, model_state, images, labels)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), result.model_state, opt_state, result
-
     opt_state = tx.init(params)
     for _ in range(3):
         params, model_state, opt_state, result = step(params, model_state, opt_state)
