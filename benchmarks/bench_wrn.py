@@ -35,7 +35,7 @@ def make_step(method: str, args: argparse.Namespace):
     model = models.create_model(config, 10)
     tx = train.create_optimizer(config, steps_per_epoch=args.batches)
     state = train.create_train_state(model, tx, jax.random.key(0), SHAPE)
-    step = train.make_train_step(model, tx, config, mesh)
+    step = train.make_train_step(model, tx, config, mesh, args.batches)
     metrics = input_pipeline.replicate(mesh, train.empty_epoch_metrics())
     return step, input_pipeline.replicate(mesh, state), metrics, mesh
 

@@ -24,6 +24,7 @@ def default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.method = 'lc_lmt'  # one of inflation.INFLATIONS
     config.epsilon = 1.0  # L2 radius in [0,1] pixel scale that training aims to certify
+    config.epsilon_warmup_epochs = 0.0  # the loss's epsilon ramps up linearly from 0 over these
     config.seed = 0
 
     config.data = ml_collections.ConfigDict()
@@ -171,6 +172,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     if config.certificate not in CERTIFICATES:
         raise ValueError(
             f'unknown certificate {config.certificate!r}; allowed: {", ".join(CERTIFICATES)}')
+    warmup = config.get('epsilon_warmup_epochs', 0)
+    if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) \
+            or not math.isfinite(warmup) or warmup < 0:
+        raise ValueError(f'epsilon_warmup_epochs must be a finite number >= 0, got {warmup!r}')
     if not isinstance(config.weight_decay, (int, float)) or not config.weight_decay >= 0:
         raise ValueError(f'weight_decay must be >= 0, got {config.weight_decay!r}')
     clip = config.get('grad_clip_norm', None)

@@ -39,7 +39,7 @@ from lclmt_jax import checkpoints, configs, evaluate, train, writers
 
 # How a swept field shows up in a member's name; other fields use their last dotted component.
 SHORT_NAMES = {'epsilon': 'eps', 'learning_rate': 'lr', 'batch_size': 'bs', 'num_epochs': 'epochs',
-               'weight_decay': 'wd', 'hidden_sizes': 'h'}
+               'weight_decay': 'wd', 'hidden_sizes': 'h', 'epsilon_warmup_epochs': 'warmup'}
 MEMBER_FILE = 'sweep_member.json'  # in a member's workdir once it is trained and evaluated
 
 

@@ -79,6 +79,22 @@ def create_optimizer(config: ml_collections.ConfigDict,
     return optax.chain(*stages, optimizer) if stages else optimizer
 
 
+def epsilon_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+    """The radius the loss inflates for at each step: ``config.epsilon`` after a linear warm-up.
+
+    ``config.epsilon_warmup_epochs`` > 0 ramps epsilon from 0 over that many epochs (the LMT
+    reference code's schedule for its SVHN runs). Early in training the layer-wise bound L of a
+    deep network is orders of magnitude above its true Lipschitz constant, so even a small
+    sqrt(2)·L·eps makes the gradient through L dominate before any feature is learned, and the
+    network collapses to constant outputs (see ``configs.svhn_variant``); the warm-up lets it
+    learn first. Certification and the ``bound_met`` metrics always use the full epsilon.
+    """
+    warmup_steps = round(config.get('epsilon_warmup_epochs', 0) * steps_per_epoch)
+    if warmup_steps <= 0:
+        return optax.constant_schedule(config.epsilon)
+    return optax.linear_schedule(0.0, config.epsilon, warmup_steps)
+
+
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: Array,
                        input_shape: tuple[int, ...]) -> TrainState:
     """Initial parameters, power-iteration vectors and optimizer state."""
@@ -95,8 +111,9 @@ class StepResult(NamedTuple):
     model_state: Any
 
 
-def inflated_loss(model: nn.Module, inflate: inflation.Inflation, epsilon: float, params: Any,
-                  model_state: Any, images: Array, labels: Array) -> tuple[Array, StepResult]:
+def inflated_loss(model: nn.Module, inflate: inflation.Inflation, epsilon: float | Array,
+                  params: Any, model_state: Any, images: Array,
+                  labels: Array) -> tuple[Array, StepResult]:
     """Softmax cross-entropy on inflated logits, with one power-iteration step of the bound.
 
     The gradient flows through the Lipschitz estimate too, so training also shrinks L.
@@ -140,16 +157,18 @@ def accumulate(metrics: EpochMetrics, step: StepMetrics) -> EpochMetrics:
 
 
 def make_device_step(model: nn.Module, tx: optax.GradientTransformation,
-                     config: ml_collections.ConfigDict) -> Callable:
+                     config: ml_collections.ConfigDict, steps_per_epoch: int) -> Callable:
     """The per-device train step, to run inside ``shard_map`` over the ``data`` axis.
 
     ``(state, uint8 images, labels) -> (state, StepMetrics)``; the gradients of the local batch
-    means are ``pmean``-ed, which is the global batch gradient.
+    means are ``pmean``-ed, which is the global batch gradient. ``steps_per_epoch`` converts the
+    epsilon warm-up (``epsilon_schedule``) into steps.
     """
     inflate = inflation.get_inflation(config.method)
-    loss_fn = functools.partial(inflated_loss, model, inflate, config.epsilon)
+    epsilon_at = epsilon_schedule(config, steps_per_epoch)
 
     def device_step(state: TrainState, images: Array, labels: Array):
+        loss_fn = functools.partial(inflated_loss, model, inflate, epsilon_at(state.step))
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (_, result), grads = grad_fn(state.params, state.model_state, data.to_float(images),
                                      labels)
@@ -184,8 +203,8 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation,
     One jit call per epoch. ``images``/``labels`` are the whole (replicated, on-device) train set;
     ``key`` decides the epoch's example order. Incomplete last batches are dropped.
     """
-    device_step = make_device_step(model, tx, config)
     batch = config.batch_size
+    device_step = make_device_step(model, tx, config, num_examples // batch)
 
     def epoch_on_device(state: TrainState, images: Array, labels: Array, key: Array):
         order = jax.random.permutation(key, num_examples)
@@ -206,12 +225,13 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation,
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Callable:
+                    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                    steps_per_epoch: int) -> Callable:
     """Host pipeline: ``train_step(state, metrics, images, labels) -> (state, metrics)``.
 
     ``images``/``labels`` are one global batch sharded over the ``data`` axis.
     """
-    device_step = make_device_step(model, tx, config)
+    device_step = make_device_step(model, tx, config, steps_per_epoch)
 
     def step(state: TrainState, metrics: EpochMetrics, images: Array, labels: Array):
         state, step_metrics = device_step(state, images, labels)
@@ -355,7 +375,7 @@ def make_pipeline(config: ml_collections.ConfigDict, dataset: data.Dataset, mode
         return (lambda state, epoch: device_epoch(
                     state, *train_arrays, input_pipeline.epoch_key(config.seed, epoch)),
                 lambda state: device_evaluate(state, *test))
-    train_step = make_train_step(model, tx, config, mesh)
+    train_step = make_train_step(model, tx, config, mesh, num_train // config.batch_size)
     host_evaluate = make_host_evaluate(model, config, mesh)
     return (lambda state, epoch: host_train_epoch(
                 train_step, mesh, state, dataset.train_images, dataset.train_labels,
@@ -386,6 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     writers.truncate_metrics(workdir, start_epoch)
     writer = writers.MetricWriter(workdir)
     train_epoch, evaluate = make_pipeline(config, dataset, model, tx, mesh)
+    epsilon_at = epsilon_schedule(config, num_train // config.batch_size)
 
     durations = []
     progress = tqdm.tqdm(total=config.num_epochs, initial=start_epoch, unit='epoch', leave=False,
@@ -402,6 +423,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         state = new_state
         durations.append(time.perf_counter() - started)
         scalars['epoch_seconds'] = durations[-1]
+        scalars['train_epsilon'] = float(epsilon_at(int(state.step)))  # the loss's, after warm-up
         writer.write(epoch, scalars)
         eta = float(np.median(durations)) * (config.num_epochs - epoch)
         if jax.process_index() == 0:

@@ -98,6 +98,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
     ({'epsilon': float('nan')}, 'epsilon must be a finite number >= 0'),
     ({'batch_size': 102}, 'batch_size=102 is not divisible by the device count 4'),
     ({'optimizer': 'adagrad'}, "unknown optimizer 'adagrad'"),
+    ({'epsilon_warmup_epochs': -1}, 'epsilon_warmup_epochs must be a finite number >= 0'),
 ])
 def test_bad_config_is_one_clear_line_before_any_work(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
@@ -139,3 +140,38 @@ def test_host_pipeline_trains_like_the_device_pipeline(tmp_path):
     host_records = writers.read_metrics(str(tmp_path / 'host'))
     for key in ('train_loss', 'test_accuracy', 'test_margin', 'lipschitz'):
         np.testing.assert_allclose(host_records[-1][key], device_records[-1][key], rtol=1e-4)
+
+
+def test_epsilon_warmup_ramps_linearly_then_holds():
+    config = embedded_config(epsilon=0.5, epsilon_warmup_epochs=2)
+    epsilon_at = train.epsilon_schedule(config, steps_per_epoch=10)
+    np.testing.assert_allclose([float(epsilon_at(s)) for s in (0, 5, 10, 20, 1000)],
+                               [0.0, 0.125, 0.25, 0.5, 0.5], rtol=1e-6)
+    constant = train.epsilon_schedule(embedded_config(epsilon=0.5), steps_per_epoch=10)
+    assert float(constant(0)) == float(constant(1000)) == 0.5
+
+
+def test_warmup_starts_lc_lmt_from_the_plain_loss(embedded):
+    """At step 0 of a warm-up the loss's epsilon is 0: LC-LMT's first step is plain training."""
+    images, labels = embedded.train_images[:100], embedded.train_labels[:100]
+    losses = {}
+    for method, warmup in (('plain', 0.0), ('lc_lmt', 5.0), ('lc_lmt', 0.0)):
+        config = embedded_config(method=method, epsilon_warmup_epochs=warmup)
+        mesh = train.make_mesh()
+        model = models.create_model(config, embedded.num_classes)
+        tx = train.create_optimizer(config, 1)
+        state = input_pipeline.replicate(
+            mesh, train.create_train_state(model, tx, jax.random.key(0), (28, 28, 1)))
+        step = train.make_train_step(model, tx, config, mesh, steps_per_epoch=1)
+        metrics = input_pipeline.replicate(mesh, train.empty_epoch_metrics())
+        _, metrics = step(state, metrics, *input_pipeline.to_global_batch(mesh, (images, labels)))
+        losses[method, warmup] = float(metrics.loss_sum)
+    np.testing.assert_allclose(losses['lc_lmt', 5.0], losses['plain', 0.0], rtol=1e-6)
+    assert losses['lc_lmt', 0.0] > losses['plain', 0.0] + 0.1
+
+
+def test_metrics_record_the_warmed_up_epsilon(tmp_path):
+    train.train_and_evaluate(embedded_config(num_epochs=2, epsilon_warmup_epochs=4),
+                             str(tmp_path))
+    records = writers.read_metrics(str(tmp_path))
+    np.testing.assert_allclose([r['train_epsilon'] for r in records], [0.25, 0.5], rtol=1e-6)
