@@ -1,7 +1,6 @@
 """Plain training (no inflation) of WRN-16-4 on SVHN (paper Table 1, Figure 2b).
 
   python launch.py --config=experiments/svhn_plain.py --workdir=runs/svhn_plain
-  python launch.py --config=experiments/svhn_plain.py --workdir=runs/svhn_plain_0.2 --config.epsilon=0.2
 Offline, put TFDS's svhn_cropped files in a directory and add --config.data.manual_dir=DIR.
 CPU smoke run of the same path (a depth-10, width-1 WRN, 2 epochs): --config=experiments/svhn_plain.py:smoke
 Table 1 from several runs: python launch.py --mode=compare --workdir=runs/svhn_table \

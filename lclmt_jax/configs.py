@@ -94,6 +94,7 @@ def mnist_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collect
 
 
 SVHN_VARIANTS = ('', 'smoke')
+SVHN_PIXEL = 1 / 255  # one 0-255 pixel level in [0, 1] units: the SVHN epsilon unit
 
 
 def svhn_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
@@ -101,40 +102,47 @@ def svhn_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collecti
 
     The reference setup the paper follows (Parseval networks, Cisse et al. 2017, after Zagoruyko &
     Komodakis): no augmentation, SGD with Nesterov momentum 0.9, learning rate 0.01 divided by 10
-    at 50% and 75% of 160 epochs, weight decay 5e-4, batch 128. Pixels stay in [0, 1] (no
-    per-channel standardisation), so epsilon keeps the MNIST meaning. ``smoke``: a depth-10,
-    width-1 WRN for two small epochs, to check the whole path on a CPU (the tests run it on
-    ``tfds.testing.mock_data``), with the ``host`` pipeline: XLA:CPU runs the convolutions'
-    weight gradients ~10-40x slower inside the device pipeline's ``lax.scan`` than in a jitted
-    step.
+    at 50% and 75% of 160 epochs, weight decay 5e-4, batch 128. Pixels in [0, 1] (no per-channel
+    standardisation), as everywhere in this library.
+
+    Epsilon. The LMT reference code (Tsuzuku et al.'s, whose SVHN setup this is) keeps pixels in
+    0-255 and divides its radius c by 255 with them, so its radii are in 0-255 pixel units. Read
+    that way, the paper's SVHN eps = 1.0 and 0.2 are 1/255 and 0.2/255 here, the default below
+    (``--config.epsilon=0.00078431`` for 0.2/255; ``--config.epsilon=1.0`` for the [0, 1]
+    reading). The second reading is not reachable by this bound: on a 32x32x3 stand-in
+    LC-LMT at eps = 1.0 ends at constant outputs (docs/SVHN.md).
 
     Stability (plain, LMT and LC-LMT alike, so the three stay comparable). The training-time
-    bound L of a WRN composes ~15 layer bounds: at init it is 7e3 (WRN-10-1) to 4e6 (WRN-16-4) on
-    32x32 inputs even with the BN-folded block bounds of ``models.PreActBlock`` (4.5e4 and 6.5e7
-    without), while the network's true Lipschitz constant is ~1. So sqrt(2)·L·eps dwarfs the
-    logits and the loss gradient through L (d L/d W_k = L/sigma_k · d sigma_k/d W_k) reaches
-    1e5-1e6: a few SGD steps blew the weights up (loss 3e17, then L = 0 and constant outputs).
-    Hence:
+    bound L of a WRN multiplies ~15 layer bounds: at init it is 7e3 (WRN-10-1) to 4e6 (WRN-16-4)
+    on 32x32 inputs even with the BN-folded block bounds of ``models.PreActBlock``, and a plainly
+    trained WRN-10-1 reaches 3e4, while the network's true Lipschitz constant is far smaller. So
+    the gradient through L (d L/d W_k = L/sigma_k · d sigma_k/d W_k) dwarfs the cross-entropy's
+    from the first step. Hence:
 
+    * ``epsilon_warmup_epochs = 5``: the loss's epsilon ramps up linearly from 0 over the first 5
+      epochs (the reference code's schedule). Without it, LC-LMT at eps = 1/255 first shrinks L
+      from 3e3 to ~20 and sits at chance for 4-5 epochs; with a 2-epoch warm-up it learns from
+      epoch 3 (docs/SVHN.md);
     * ``grad_clip_norm = 10``: the loss gradient is clipped to global norm 10 before weight decay
       (plain training's gradient norm stays below ~3, so clipping only acts while sqrt(2)·L·eps
-      dominates; the gradient through L is kept, only its step is bounded);
+      dominates; the gradient through L is kept, only its step is bounded); unclipped, SGD
+      diverged within 5 steps at eps = 1.0 (loss 3e17, then L = 0);
     * ``wrn.zero_init_residual``: each block's last conv starts at zero (Goyal et al. 2017; Fixup),
       so every identity block starts with bound exactly 1 and the initial L is much smaller
-      (WRN-16-4: 1.5e3 instead of 4.3e6; WRN-10-1: 2.7e2 instead of 7.4e3), as are the first
-      steps' gradients (peak 1.8e5 instead of 1.7e6 for WRN-16-4); plain training also learns
-      faster with it (WRN-10-1, MNIST digits on 32x32x3, 10 epochs: 97% instead of 88% train
-      accuracy).
+      (WRN-16-4: 1.5e3 instead of 4.3e6; WRN-10-1: 2.7e2 instead of 7.4e3).
 
-    Neither makes large radii reachable: the layer-wise bound stays ~1e2x looser than the true
-    constant, and on that test LC-LMT at eps = 1.0 or 0.2 ends at near-constant outputs (L ->
-    0.05-0.4) within 10 epochs, while eps = 0.02 learns (40% test accuracy, margin growing).
+    ``smoke``: a depth-10, width-1 WRN for two small epochs (a 1-epoch warm-up), to check the
+    whole path on a CPU (the tests run it on ``tfds.testing.mock_data``), with the ``host``
+    pipeline: XLA:CPU runs the convolutions' weight gradients ~10-40x slower inside the device
+    pipeline's ``lax.scan`` than in a jitted step.
     """
     if variant not in SVHN_VARIANTS:
         raise ValueError(f'unknown config variant {variant!r}; allowed: {SVHN_VARIANTS}')
     config.data.source = 'tfds'
     config.data.name = 'svhn_cropped'
     config.model = 'wrn'
+    config.epsilon = SVHN_PIXEL
+    config.epsilon_warmup_epochs = 5.0
     config.optimizer = 'sgd'
     config.learning_rate = 0.01
     config.schedule = 'step'
@@ -142,7 +150,7 @@ def svhn_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collecti
     config.batch_size = 128
     config.eval_batch_size = 512
     config.num_epochs = 160
-    config.evaluation.epsilons = (0.1, 0.2, 0.5, 1.0)
+    config.evaluation.epsilons = tuple(k * SVHN_PIXEL for k in (0.2, 0.5, 1.0, 2.0, 4.0))
     config.attack.batch_size = 1000
     config.grad_clip_norm = 10.0
     config.wrn.zero_init_residual = True
@@ -150,6 +158,7 @@ def svhn_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collecti
         config.wrn.depth = 10
         config.wrn.width = 1
         config.num_epochs = 2
+        config.epsilon_warmup_epochs = 1.0
         config.batch_size = 32
         config.eval_batch_size = 32
         config.data.pipeline = 'host'

@@ -22,6 +22,9 @@ def test_svhn_variant_turns_the_stability_fixes_on_and_validates_them():
     config = smoke_config()
     assert config.grad_clip_norm == 10.0 and config.wrn.zero_init_residual
     assert config.data.pipeline == 'host'
+    full = configs.svhn_variant(configs.default_config(), '')
+    assert full.epsilon == 1 / 255 and full.epsilon_warmup_epochs == 5  # 0-255 units, see docs
+    assert configs.default_config().epsilon_warmup_epochs == 0  # MNIST MLP: unchanged
     assert configs.default_config().grad_clip_norm is None  # MNIST MLP: unchanged
     assert not configs.default_config().wrn.zero_init_residual
     configs.validate_config(config)
@@ -115,7 +118,7 @@ def _train_steps(config, images, labels, steps):
     model = models.create_model(config, 10)
     tx = train.create_optimizer(config, steps_per_epoch=steps)
     state = input_pipeline.replicate(mesh, _converged_state(config, model, tx, images))
-    step = train.make_train_step(model, tx, config, mesh)
+    step = train.make_train_step(model, tx, config, mesh, steps)
     batch = input_pipeline.to_global_batch(mesh, (images, labels))
     history = []
     for _ in range(steps):
@@ -129,7 +132,8 @@ def _train_steps(config, images, labels, steps):
 
 def test_wrn_lc_lmt_steps_on_a_learnable_batch_lower_the_loss():
     images, labels = _learnable_batch()
-    config = smoke_config()  # eps = 1.0
+    config = smoke_config()
+    config.epsilon, config.epsilon_warmup_epochs = 1.0, 0.0  # the full radius from step 0
     config.batch_size = len(labels)
     losses, lipschitz, _ = _train_steps(config, images, labels, steps=12)
     assert np.all(np.isfinite(losses)), losses
