@@ -121,8 +121,8 @@ def svhn_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collecti
 
     * ``epsilon_warmup_epochs = 5``: the loss's epsilon ramps up linearly from 0 over the first 5
       epochs (the reference code's schedule). Without it, LC-LMT at eps = 1/255 first shrinks L
-      from 3e3 to ~20 and sits at chance for 4-5 epochs; with a 2-epoch warm-up it learns from
-      epoch 3 (docs/SVHN.md);
+      to ~20 and sits at chance for 4 epochs; with a 2-epoch warm-up it learns from epoch 3
+      (docs/SVHN.md);
     * ``grad_clip_norm = 10``: the loss gradient is clipped to global norm 10 before weight decay
       (plain training's gradient norm stays below ~3, so clipping only acts while sqrt(2)·L·eps
       dominates; the gradient through L is kept, only its step is bounded); unclipped, SGD
