@@ -17,6 +17,8 @@ from lclmt_jax.configs import SVHN_PIXEL, default_config, svhn_variant
 
 
 def get_config(variant: str = ''):
+    if variant:
+        raise ValueError(f'unknown config variant {variant!r}; allowed: none')
     config = svhn_variant(default_config(), 'smoke')
     config.data.source = 'npz'
     config.data.path = 'runs/svhn_standin.npz'
@@ -30,8 +32,6 @@ def get_config(variant: str = ''):
     config.weight_decay = 0.0
     config.checkpoint_every_epochs = 6
     config.attack.batch_size = 500
-    if variant:
-        raise ValueError(f'unknown config variant {variant!r}; allowed: none')
     return config
 
 

@@ -392,7 +392,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     num_train = len(dataset.train_labels)
     if num_train < config.batch_size:
         raise ValueError(f'batch_size={config.batch_size} exceeds the {num_train} train examples')
-    tx = create_optimizer(config, num_train // config.batch_size)
+    steps_per_epoch = num_train // config.batch_size
+    tx = create_optimizer(config, steps_per_epoch)
     state = create_train_state(model, tx, jax.random.key(config.seed),
                                dataset.train_images.shape[1:])
 
@@ -406,7 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     writers.truncate_metrics(workdir, start_epoch)
     writer = writers.MetricWriter(workdir)
     train_epoch, evaluate = make_pipeline(config, dataset, model, tx, mesh)
-    epsilon_at = epsilon_schedule(config, num_train // config.batch_size)
+    epsilon_at = epsilon_schedule(config, steps_per_epoch)
 
     durations = []
     progress = tqdm.tqdm(total=config.num_epochs, initial=start_epoch, unit='epoch', leave=False,
@@ -423,7 +424,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         state = new_state
         durations.append(time.perf_counter() - started)
         scalars['epoch_seconds'] = durations[-1]
-        scalars['train_epsilon'] = float(epsilon_at(int(state.step)))  # the loss's, after warm-up
+        # the loss's epsilon at the epoch's end (every epoch runs steps_per_epoch steps)
+        scalars['train_epsilon'] = float(epsilon_at(epoch * steps_per_epoch))
         writer.write(epoch, scalars)
         eta = float(np.median(durations)) * (config.num_epochs - epoch)
         if jax.process_index() == 0:
