@@ -13,7 +13,8 @@ Several processes (TPU pod, Slurm, MPI: detected; otherwise ``--coordinator_addr
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (used by TFDS) is chatty
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (TFDS, TensorBoard) is chatty
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # and announces oneDNN otherwise
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -26,6 +27,10 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'compare'],
 _RUNS = flags.DEFINE_list('runs', [], 'compare mode: workdirs of the runs to overlay.')
 _MAX_EXAMPLES = flags.DEFINE_integer('max_examples', None,
                                      'evaluate mode, --sweep: only the first N test examples.')
+_EVALUATORS = flags.DEFINE_list('evaluators', None, 'evaluate mode: these evaluators instead of '
+                                'the run\'s config.evaluators.')
+_CHECKPOINT = flags.DEFINE_integer('checkpoint', None, 'evaluate mode: the checkpoint of this '
+                                   'epoch instead of the newest one that restores.')
 _SWEEP = flags.DEFINE_enum('sweep', None, ['run', 'print'],
                            'For a --config file with get_sweep(variant): run = train and evaluate '
                            'every member in --workdir/<member>, then write the comparison table; '
@@ -61,7 +66,8 @@ def main(argv: list[str]) -> None:
                 raise ValueError('--config is required to train')
             train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
         elif _MODE.value == 'evaluate':
-            evaluate.evaluate_run(_WORKDIR.value, _MAX_EXAMPLES.value)
+            evaluate.evaluate_run(_WORKDIR.value, _MAX_EXAMPLES.value, _EVALUATORS.value,
+                                  _CHECKPOINT.value)
         else:
             if not _RUNS.value:
                 raise ValueError('--runs=DIR1,DIR2,... is required in compare mode')

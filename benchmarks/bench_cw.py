@@ -3,7 +3,7 @@
 Usage: ``python benchmarks/bench_cw.py --repeats 3``
 
 The network is 784 -> 100 -> 100 -> 100 -> 10 with ReLU and random Lecun-normal weights (taken
-from ``lclmt_jax.models.MLP`` when that module is importable, else a small jnp version defined
+from ``lclmt_jax.models.mlp.MLP`` when that module is importable, else a small jnp version defined
 here); the images are uniform random 28x28x1 in [0, 1] and the labels are the model's own
 predictions, so every example starts correctly classified and is attacked. Compilation is timed
 on its own (ahead-of-time lower + compile of the batch kernel), then the first call, then
@@ -33,7 +33,7 @@ IMAGE_SHAPE = (28, 28, 1)
 def _project_mlp(rng: jax.Array):
     """The project's MLP with fresh parameters, or None if the models module is unavailable."""
     try:
-        from lclmt_jax.models import MLP
+        from lclmt_jax.models.mlp import MLP
     except ImportError:
         return None
     model = MLP(hidden_sizes=HIDDEN, num_classes=NUM_CLASSES)
@@ -77,7 +77,7 @@ def main() -> None:
 
     model_rng, data_rng = jax.random.split(jax.random.PRNGKey(args.seed))
     logits_fn = None if args.standalone else _project_mlp(model_rng)
-    source = 'lclmt_jax.models.MLP'
+    source = 'lclmt_jax.models.mlp.MLP'
     if logits_fn is None:
         logits_fn, source = _standalone_mlp(model_rng), 'standalone jnp MLP'
 

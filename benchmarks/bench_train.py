@@ -16,7 +16,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lclmt_jax import configs, input_pipeline, models, train  # noqa: E402
+from lclmt_jax import configs, input_pipeline, models, optimizers, train  # noqa: E402
 
 
 def make_epoch(method: str, num_examples: int, batch_size: int):
@@ -24,10 +24,10 @@ def make_epoch(method: str, num_examples: int, batch_size: int):
     config.method, config.batch_size = method, batch_size
     mesh = train.make_mesh()
     model = models.create_model(config, 10)
-    tx = train.create_optimizer(config, num_examples // batch_size)
+    tx = optimizers.create_optimizer(config, num_examples // batch_size)
     state = input_pipeline.replicate(mesh, train.create_train_state(model, tx, jax.random.key(0),
-                                                           (28, 28, 1)))
-    return train.make_train_epoch(model, tx, config, mesh, num_examples), state, mesh
+                                                                    (28, 28, 1)))
+    return train.make_train_epoch(model, config, mesh, num_examples), state, mesh
 
 
 def main() -> None:

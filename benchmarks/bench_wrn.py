@@ -2,9 +2,9 @@
 
   python benchmarks/bench_wrn.py --repeats 5
 
-The step is the trainer's own (``train.make_train_step``, the ``host`` pipeline's jitted step on a
-global batch sharded over the mesh), built from ``configs.svhn_variant`` exactly as a run builds
-it (its optimizer, gradient clipping, folded BN bounds). Compilation is timed separately;
+The step is the trainer's own (``train.make_jitted_train_step``, the ``host`` pipeline's jitted
+step on a global batch sharded over the mesh), built from ``configs.svhn_variant`` exactly as a run
+builds it (its optimizer, gradient clipping, folded BN bounds). Compilation is timed separately;
 then ``--repeats`` rounds, each timing ``--steps`` consecutive steps per method with the methods
 interleaved so that machine noise hits both alike, and the median per-step time is reported.
 Pixel values do not change the cost, so the images are random uint8. LC-LMT's extra work over
@@ -21,7 +21,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lclmt_jax import configs, input_pipeline, models, train  # noqa: E402
+from lclmt_jax import configs, input_pipeline, models, optimizers, train  # noqa: E402
 
 SHAPE = (32, 32, 3)
 
@@ -33,10 +33,10 @@ def make_step(method: str, args: argparse.Namespace):
     config.wrn.depth, config.wrn.width = args.depth, args.width
     mesh = train.make_mesh()
     model = models.create_model(config, 10)
-    tx = train.create_optimizer(config, steps_per_epoch=args.batches)
+    tx = optimizers.create_optimizer(config, steps_per_epoch=args.batches)
     state = train.create_train_state(model, tx, jax.random.key(0), SHAPE)
-    step = train.make_train_step(model, tx, config, mesh, args.batches)
-    metrics = input_pipeline.replicate(mesh, train.empty_epoch_metrics())
+    step = train.make_jitted_train_step(model, config, mesh, args.batches)
+    metrics = input_pipeline.replicate(mesh, train.TrainMetrics.empty())
     return step, input_pipeline.replicate(mesh, state), metrics, mesh
 
 
@@ -85,7 +85,7 @@ def main() -> None:
             f'{method} {t[-1]:.3f}s/step' for method, t in times.items()), flush=True)
     medians = {method: float(np.median(t)) for method, t in times.items()}
     for method, t in times.items():
-        loss = float(runners[method]['metrics'].loss_sum) / int(runners[method]['metrics'].steps)
+        loss = float(runners[method]['metrics'].loss.compute())
         print(f'{method}: median {medians[method]:.3f}s per step  (runs: '
               f'{", ".join(f"{x:.3f}" for x in t)}; mean loss {loss:.3g})')
     print(f'WRN-{args.depth}-{args.width}, batch {args.batch_size} of {SHAPE}, devices: '

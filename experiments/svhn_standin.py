@@ -13,6 +13,8 @@ over 2 epochs: plain; LC-LMT and LMT at eps = 1/255 and 0.2/255 (the paper's 1.0
 (about 30 minutes on a 2-core CPU; training ~3.5 and evaluation ~2.5 minutes per run).
 """
 
+import ml_collections
+
 from lclmt_jax.configs import SVHN_PIXEL, default_config, svhn_variant
 
 
@@ -27,6 +29,7 @@ def get_config(variant: str = ''):
     config.batch_size = 128
     config.eval_batch_size = 500
     config.optimizer = 'adam'
+    config.optimizer_kwargs = ml_collections.ConfigDict()  # not SGD's momentum
     config.learning_rate = 1e-3
     config.schedule = 'constant'
     config.weight_decay = 0.0

@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lclmt_jax import margins
+
 Array = jax.Array
 LogitsFn = Callable[[Array], Array]
 
@@ -100,14 +102,12 @@ def _check_config(config: CWConfig) -> None:
         raise ValueError(f'confidence must be >= 0: {config}')
 
 
-def _margin(logits: Array, is_label: Array) -> tuple[Array, Array]:
+def _margin(logits: Array, labels: Array) -> tuple[Array, Array]:
     """Z_t - max_{i != t} Z_i per example (negative iff another class strictly wins) and the
     numerical guard ``_MARGIN_GUARD * (1 + max_i |Z_i|)`` that a success must clear."""
     logits = logits.astype(jnp.float32)
-    true_logit = jnp.sum(jnp.where(is_label, logits, 0.0), axis=-1)
-    best_other = jnp.max(jnp.where(is_label, -jnp.inf, logits), axis=-1)
     guard = _MARGIN_GUARD * (1.0 + jnp.max(jnp.abs(logits), axis=-1))
-    return true_logit - best_other, jax.lax.stop_gradient(guard)
+    return margins.margin(logits, labels), jax.lax.stop_gradient(guard)
 
 
 @functools.partial(jax.jit, static_argnames=('logits_fn', 'config'))
@@ -148,7 +148,6 @@ def cw_l2_attack_batch(
     kappa = jnp.float32(config.confidence)
 
     clean_logits = logits_fn(x)
-    is_label = jax.nn.one_hot(labels, clean_logits.shape[-1], dtype=jnp.bool_)
     clean_wrong = jnp.argmax(clean_logits, axis=-1) != labels
 
     w_start = jnp.arctanh((2.0 * x - 1.0) * _BOX_SHRINK)
@@ -157,7 +156,7 @@ def cw_l2_attack_batch(
     def objective(w: Array, const: Array) -> tuple[Array, tuple[Array, Array, Array]]:
         candidate = (jnp.tanh(w) + 1.0) * 0.5
         dist2 = jnp.sum(jnp.square(candidate - x), axis=pixel_axes)
-        margin, guard = _margin(logits_fn(candidate), is_label)
+        margin, guard = _margin(logits_fn(candidate), labels)
         loss = dist2 + const * jnp.maximum(margin, -kappa)
         # Rows are independent, so the gradient of the sum is the per-example gradient.
         return jnp.sum(loss), (candidate, dist2, margin + guard)
@@ -202,7 +201,7 @@ def cw_l2_attack_batch(
         one_round, search, None, length=config.binary_search_steps)
 
     # Re-check the kept points with a plain forward pass and report their true distance.
-    final_margin, _ = _margin(logits_fn(best_adv), is_label)
+    final_margin, _ = _margin(logits_fn(best_adv), labels)
     verified = jnp.isfinite(best_dist2) & (final_margin < 0.0)
     found_norm = jnp.sqrt(jnp.sum(jnp.square(best_adv - x), axis=pixel_axes))
     norms = jnp.where(clean_wrong, 0.0, jnp.where(verified, found_norm, jnp.inf))

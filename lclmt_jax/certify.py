@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lclmt_jax import inflation
+from lclmt_jax import margins
 
 CERTIFICATES = ('global', 'pairwise')
 
@@ -39,10 +39,13 @@ class SoundBounds(NamedTuple):
 
 
 def sound_bounds(model: nn.Module, variables: Any, input_shape: tuple[int, ...]) -> SoundBounds:
-    """Evaluates every layer's sound bound on the concrete parameters (host, float64)."""
+    """Evaluates every layer's sound bound on the concrete parameters (host, float64).
+
+    The head is whatever the model declares through its output (``models.lipschitz_head``).
+    """
     output = model.apply(variables, jnp.zeros((1, *input_shape), jnp.float32), sound=True)
-    head_kernel = np.asarray(variables['params']['head']['kernel'], np.float64)
-    return SoundBounds(float(output.lipschitz), float(output.body_lipschitz), head_kernel)
+    return SoundBounds(float(output.lipschitz), float(output.body_lipschitz),
+                       np.asarray(output.head_kernel, np.float64))
 
 
 def logits_float64(model: nn.Module, variables: Any, images: np.ndarray,
@@ -56,35 +59,26 @@ def logits_float64(model: nn.Module, variables: Any, images: np.ndarray,
     return np.concatenate(chunks)
 
 
-def global_radii(logits: np.ndarray, labels: np.ndarray, bounds: SoundBounds) -> np.ndarray:
-    """r(x) = max(M, 0) / (sqrt(2)·L); 0 for misclassified points."""
-    margins = np.asarray(inflation.margin(jnp.asarray(logits), jnp.asarray(labels)), np.float64)
-    return np.maximum(margins, 0.0) / (inflation.SQRT2 * bounds.lipschitz)
-
-
-def pairwise_radii(logits: np.ndarray, labels: np.ndarray, bounds: SoundBounds) -> np.ndarray:
-    """r(x) = min_{j!=t} (f_t - f_j) / (|w_t - w_j|·L_body); 0 for misclassified points."""
-    columns = bounds.head_kernel.T  # (classes, features): w_j
-    distances = np.linalg.norm(columns[:, None, :] - columns[None, :, :], axis=-1)  # (C, C)
-    true_logits = np.take_along_axis(logits, labels[:, None], axis=1)
-    gaps = true_logits - logits  # (N, C): f_t - f_j
-    scale = distances[labels] * bounds.body_lipschitz  # (N, C)
-    with np.errstate(divide='ignore', invalid='ignore'):
-        per_class = gaps / scale
-    # A wrong class with w_j == w_t keeps a constant gap: it never overtakes if it is behind now.
-    per_class = np.where(scale == 0, np.where(gaps > 0, np.inf, 0.0), per_class)
-    per_class = np.where(np.arange(logits.shape[1]) == labels[:, None], np.inf, per_class)
-    return np.maximum(per_class.min(axis=1), 0.0)
-
-
 def certified_radii(logits: np.ndarray, labels: np.ndarray, bounds: SoundBounds,
                     certificate: str = 'pairwise') -> np.ndarray:
-    """Per-example certified radius with the named certificate (``config.certificate``)."""
-    if certificate == 'global':
-        return global_radii(logits, labels, bounds)
-    if certificate == 'pairwise':
-        return pairwise_radii(logits, labels, bounds)
-    raise ValueError(f'unknown certificate {certificate!r}; allowed: {", ".join(CERTIFICATES)}')
+    """Per-example certified radius (float64) with the named certificate; 0 where misclassified.
+
+    ``global``: max(M, 0)/(sqrt(2)·L). ``pairwise``: min_{j!=t} (f_t - f_j)/K_tj with
+    K_tj = |w_t - w_j|·L_body (``margins``), computed in float64 end to end.
+    """
+    if certificate not in CERTIFICATES:
+        raise ValueError(f'unknown certificate {certificate!r}; allowed: '
+                         f'{", ".join(CERTIFICATES)}')
+    with jax.enable_x64(True):
+        logits64 = jnp.asarray(logits, jnp.float64)
+        labels = jnp.asarray(labels)
+        if certificate == 'global':
+            radii = margins.global_radius(logits64, labels, jnp.float64(bounds.lipschitz))
+        else:
+            constants = margins.pairwise_constants(jnp.asarray(bounds.head_kernel, jnp.float64),
+                                                   jnp.float64(bounds.body_lipschitz))
+            radii = margins.pairwise_radius(logits64, labels, constants)
+        return np.asarray(radii, np.float64)
 
 
 def certified_accuracy(radii: np.ndarray, correct: np.ndarray, epsilons) -> np.ndarray:

@@ -1,52 +1,43 @@
-"""The configuration schema and its validation: one place for every field name and allowed value.
+"""The configuration schema: every field the trainer reads, defaulted, and the shared variants.
 
 Experiment files in ``experiments/`` start from ``default_config()`` and override fields; the
 field names ``method``, ``epsilon``, ``num_epochs``, ``batch_size``, ``data.source`` and
-``data.path`` are the public interface.
+``data.path`` are the public interface. This module needs ml_collections only, so a config can be
+read and printed without JAX or the model code; ``lclmt_jax.validation`` checks one against the
+registries of models, methods, data sources, optimizers and evaluators.
 """
 
 from __future__ import annotations
 
-import math
-
-import jax
 import ml_collections
-
-from lclmt_jax import data, inflation, input_pipeline, models
-
-OPTIMIZERS = ('adam', 'sgd')
-SCHEDULES = ('constant', 'cosine', 'step')
-CERTIFICATES = ('global', 'pairwise')
 
 
 def default_config() -> ml_collections.ConfigDict:
     """LC-LMT on MNIST with the paper's 4-layer MLP: every field the trainer reads, defaulted."""
     config = ml_collections.ConfigDict()
-    config.method = 'lc_lmt'  # one of inflation.INFLATIONS
+    config.method = 'lc_lmt'  # a training method of lclmt_jax.losses.METHODS
     config.epsilon = 1.0  # L2 radius in [0,1] pixel scale that training aims to certify
     config.epsilon_warmup_epochs = 0.0  # the loss's epsilon ramps up linearly from 0 over these
     config.seed = 0
 
     config.data = ml_collections.ConfigDict()
-    config.data.source = 'tfds'  # one of data.SOURCES
+    config.data.source = 'tfds'  # a source of lclmt_jax.data.SOURCES
     config.data.name = 'mnist'  # TFDS dataset name (source=tfds)
     config.data.path = ''  # directory (idx) or file (npz)
     config.data.manual_dir = ''  # TFDS manual_dir holding the original files, for offline use
     config.data.data_dir = ''  # TFDS data_dir; '' means TFDS's default
     config.data.pipeline = 'auto'  # device (dataset on device) | host (process-local batches)
 
-    config.model = 'mlp'  # one of models.MODELS
+    # A model of lclmt_jax.models.MODELS; config.<model> sets its fields (absent: its defaults).
+    config.model = 'mlp'
     config.mlp = ml_collections.ConfigDict()
     config.mlp.hidden_sizes = (100, 100, 100)
-    config.wrn = ml_collections.ConfigDict()  # WideResNet (config.model = 'wrn')
-    config.wrn.depth = 16
-    config.wrn.width = 4
-    config.wrn.zero_init_residual = False  # conv2 of every block starts at 0 (branch = 0)
 
     config.num_epochs = 100
     config.batch_size = 100  # global batch, split evenly over all devices
     config.eval_batch_size = 1000
-    config.optimizer = 'adam'
+    config.optimizer = 'adam'  # an optax optimizer, called with the learning rate and these:
+    config.optimizer_kwargs = ml_collections.ConfigDict()
     config.learning_rate = 1e-3
     config.schedule = 'constant'  # constant | cosine | step (x0.1 at 50% and 75% of training)
     config.weight_decay = 0.0  # L2 penalty coefficient, added to the gradient
@@ -56,8 +47,9 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.checkpoint_every_epochs = 10
 
-    # --mode=evaluate: sound certificates and the CW-L2 attack on the test set.
-    config.certificate = 'pairwise'  # the self-check's certificate; both are always reported
+    # --mode=evaluate: the evaluators of lclmt_jax.evaluators, in order, on the test set.
+    config.evaluators = ('certificates', 'cw_l2')
+    config.certificate = 'pairwise'  # the headline and self-check certificate: global | pairwise
     config.evaluation = ml_collections.ConfigDict()
     config.evaluation.epsilons = (0.1, 0.3, 0.5, 1.0, 1.58)
     config.attack = ml_collections.ConfigDict()
@@ -114,10 +106,10 @@ def svhn_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collecti
 
     Stability (plain, LMT and LC-LMT alike, so the three stay comparable). The training-time
     bound L of a WRN multiplies ~15 layer bounds: at init it is 7e3 (WRN-10-1) to 4e6 (WRN-16-4)
-    on 32x32 inputs even with the BN-folded block bounds of ``models.PreActBlock``, and a plainly
-    trained WRN-10-1 reaches 3e4, while the network's true Lipschitz constant is far smaller. So
-    the gradient through L (d L/d W_k = L/sigma_k · d sigma_k/d W_k) dwarfs the cross-entropy's
-    from the first step. Hence:
+    on 32x32 inputs even with the BN-folded block bounds of ``models.wrn.PreActBlock``, and a
+    plainly trained WRN-10-1 reaches 3e4, while the network's true Lipschitz constant is far
+    smaller. So the gradient through L (d L/d W_k = L/sigma_k · d sigma_k/d W_k) dwarfs the
+    cross-entropy's from the first step. Hence:
 
     * ``epsilon_warmup_epochs = 5``: the loss's epsilon ramps up linearly from 0 over the first 5
       epochs (the reference code's schedule). Without it, LC-LMT at eps = 1/255 first shrinks L
@@ -141,9 +133,11 @@ def svhn_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collecti
     config.data.source = 'tfds'
     config.data.name = 'svhn_cropped'
     config.model = 'wrn'
+    config.wrn = ml_collections.ConfigDict({'depth': 16, 'width': 4, 'zero_init_residual': True})
     config.epsilon = SVHN_PIXEL
     config.epsilon_warmup_epochs = 5.0
     config.optimizer = 'sgd'
+    config.optimizer_kwargs = ml_collections.ConfigDict({'momentum': 0.9, 'nesterov': True})
     config.learning_rate = 0.01
     config.schedule = 'step'
     config.weight_decay = 5e-4
@@ -153,7 +147,6 @@ def svhn_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collecti
     config.evaluation.epsilons = tuple(k * SVHN_PIXEL for k in (0.2, 0.5, 1.0, 2.0, 4.0))
     config.attack.batch_size = 1000
     config.grad_clip_norm = 10.0
-    config.wrn.zero_init_residual = True
     if variant == 'smoke':
         config.wrn.depth = 10
         config.wrn.width = 1
@@ -164,47 +157,3 @@ def svhn_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collecti
         config.data.pipeline = 'host'
     return config
 
-
-def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-    """Raises ValueError with one line naming the bad value, before any data is read or compiled."""
-    inflation.get_inflation(config.method)
-    if not isinstance(config.epsilon, (int, float)) or not math.isfinite(config.epsilon) \
-            or config.epsilon < 0:
-        raise ValueError(f'epsilon must be a finite number >= 0, got {config.epsilon!r}')
-    if config.model not in models.MODELS:
-        raise ValueError(f'unknown model {config.model!r}; allowed: {", ".join(models.MODELS)}')
-    if config.optimizer not in OPTIMIZERS:
-        raise ValueError(
-            f'unknown optimizer {config.optimizer!r}; allowed: {", ".join(OPTIMIZERS)}')
-    if config.schedule not in SCHEDULES:
-        raise ValueError(f'unknown schedule {config.schedule!r}; allowed: {", ".join(SCHEDULES)}')
-    if config.certificate not in CERTIFICATES:
-        raise ValueError(
-            f'unknown certificate {config.certificate!r}; allowed: {", ".join(CERTIFICATES)}')
-    warmup = config.get('epsilon_warmup_epochs', 0)
-    if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) \
-            or not math.isfinite(warmup) or warmup < 0:
-        raise ValueError(f'epsilon_warmup_epochs must be a finite number >= 0, got {warmup!r}')
-    if not isinstance(config.weight_decay, (int, float)) or not config.weight_decay >= 0:
-        raise ValueError(f'weight_decay must be >= 0, got {config.weight_decay!r}')
-    clip = config.get('grad_clip_norm', None)
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
-                             or not math.isfinite(clip) or clip <= 0):
-        raise ValueError(f'grad_clip_norm must be None or a finite number > 0, got {clip!r}')
-    wrn = config.get('wrn', None)
-    if wrn is not None and not isinstance(wrn.get('zero_init_residual', False), bool):
-        raise ValueError('wrn.zero_init_residual must be True or False, got '
-                         f'{wrn.get("zero_init_residual")!r}')
-    for field in ('num_epochs', 'batch_size', 'eval_batch_size'):
-        value = config[field]
-        if not isinstance(value, int) or value < (0 if field == 'num_epochs' else 1):
-            raise ValueError(f'{field} must be a positive integer, got {value!r}')
-    num_devices = num_devices or jax.device_count()
-    for field in ('batch_size', 'eval_batch_size'):
-        if config[field] % num_devices:
-            raise ValueError(
-                f'{field}={config[field]} is not divisible by the device count {num_devices}')
-    if config.data.pipeline not in input_pipeline.PIPELINES:
-        raise ValueError(f'unknown config.data.pipeline {config.data.pipeline!r}; allowed: '
-                         f'{", ".join(input_pipeline.PIPELINES)}')
-    data.validate_data_config(config.data)

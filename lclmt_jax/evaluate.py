@@ -1,10 +1,11 @@
-"""``--mode=evaluate``: certify, attack and draw one trained run; ``--mode=compare``: overlay runs.
+"""``--mode=evaluate``: run the configured evaluators on one trained run; ``--mode=compare``:
+overlay several runs.
 
-An evaluation writes into ``workdir/evaluation/``:
-``evaluation.json`` (headline numbers), ``curves.csv`` (certified and CW accuracy per radius),
-``per_example.csv`` (radii and attack norms) and the figures. Its soundness self-check counts
-certified points for which the attack found an adversarial example inside the certified radius;
-a non-zero count raises ``BrokenCertificateError``, which means a bound is wrong.
+An evaluation writes into ``workdir/evaluation/``: ``evaluation.json`` (every evaluator's
+scalars), ``curves.csv`` (every accuracy-vs-radius curve on one radius grid), ``per_example.csv``
+and the figures (``certified_vs_attack.png``: all curves, certificates as lower bounds under
+attacks as upper bounds). A non-zero ``broken_certificates`` from any evaluator raises
+``BrokenCertificateError``, which means a bound is wrong.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lclmt_jax import attacks, certify, data, plots, writers
-from lclmt_jax.restore import RestoredModel, restore
+from lclmt_jax import data, plots, run_files
+from lclmt_jax.evaluators import EVALUATORS, Context, Result
+from lclmt_jax.restored import restore
 
 EVALUATION_DIR = 'evaluation'
 RADIUS_GRID_POINTS = 201
@@ -38,11 +40,6 @@ def run_label(config) -> str:
     return name if config.method == 'plain' else f'{name}({config.epsilon})'
 
 
-def attack_config(config) -> attacks.CWConfig:
-    """The CW-L2 settings of ``config.attack``."""
-    return attacks.CWConfig(**dict(config.attack))
-
-
 def _write_csv(path: str, columns: dict[str, np.ndarray]) -> None:
     with open(path, 'w', newline='') as f:
         out = csv.writer(f)
@@ -50,109 +47,100 @@ def _write_csv(path: str, columns: dict[str, np.ndarray]) -> None:
         out.writerows(zip(*[np.asarray(c).tolist() for c in columns.values()], strict=True))
 
 
-def evaluate_run(workdir: str, max_examples: int | None = None) -> dict:
-    """Certifies and attacks the test set of the run in ``workdir``; writes files and figures."""
+def evaluate_run(workdir: str, max_examples: int | None = None,
+                 evaluators: Sequence[str] | None = None, epoch: int | None = None) -> dict:
+    """Runs the evaluators (default: the run's ``config.evaluators``) on its test set.
+
+    Uses the newest checkpoint that restores (or that of ``epoch``); writes the files and
+    figures and returns the summary (``evaluation.json``).
+    """
     started = time.perf_counter()
-    restored = restore(workdir)
+    restored = restore(workdir, epoch)
     config = restored.config
+    names = tuple(evaluators or config.evaluators)
+    functions = [EVALUATORS.get(name) for name in names]  # unknown names fail before any work
+    if jax.process_index() == 0:
+        print(f'evaluating the checkpoint of epoch {restored.epoch} in {workdir}: '
+              f'{", ".join(names)}', flush=True)
     dataset = data.load_dataset(config.data)
     count = len(dataset.test_labels) if max_examples is None else max_examples
     images = np.asarray(data.to_float(jnp.asarray(dataset.test_images[:count])))
     labels = dataset.test_labels[:count].astype(np.int32)
-    results = certify_and_attack(restored, images, labels)
-    results.update(workdir=os.path.abspath(workdir), epoch=restored.epoch, label=run_label(config),
-                   evaluation_seconds=time.perf_counter() - started)
-    save_evaluation(workdir, results)
-    broken = results['broken_certificates']
+    context = Context(restored, images, labels)
+    results = {name: function(context) for name, function in zip(names, functions, strict=True)}
+    summary = {'workdir': os.path.abspath(workdir), 'epoch': restored.epoch,
+               'label': run_label(config), 'evaluators': list(names),
+               'certificate': config.certificate, 'num_examples': int(len(labels))}
+    for result in results.values():
+        summary.update(result.scalars)
+    summary['evaluation_seconds'] = time.perf_counter() - started
+    save_evaluation(workdir, summary, results, config.evaluation.epsilons)
+    broken = sum(int(result.scalars.get('broken_certificates', 0)) for result in results.values())
     if broken:
         raise BrokenCertificateError(
             f'{broken} certified points were broken by the attack inside their certified radius '
             f'in {workdir}: a Lipschitz bound is not an upper bound')
-    return results
+    return summary
 
 
-def certify_and_attack(restored: RestoredModel, images: np.ndarray, labels: np.ndarray) -> dict:
-    """Sound radii (both certificates), CW-L2 minimal norms, curves and the soundness self-check."""
-    config = restored.config
-    bounds = restored.sound_bounds
-    logits = certify.logits_float64(restored.model, restored.variables, images)
-    correct = np.argmax(logits, axis=1) == labels
-    radii = {name: certify.certified_radii(logits, labels, bounds, name)
-             for name in certify.CERTIFICATES}
-    logits_fn = lambda x: restored.model.apply(restored.variables, x).logits
-    norms = attacks.cw_l2_min_norms(logits_fn, images, labels, attack_config(config))
-    finite = norms[np.isfinite(norms)]
-    top = max(2.0, 1.1 * float(finite.max()) if finite.size else 0.0,
-              max(config.evaluation.epsilons))
-    grid = np.linspace(0.0, top, RADIUS_GRID_POINTS)
-    broken = {name: len(certify.broken_certificates(r, correct, norms))
-              for name, r in radii.items()}
-    return {
-        'num_examples': int(len(labels)),
-        'clean_accuracy': float(correct.mean()),
-        'lipschitz_sound': bounds.lipschitz,
-        'body_lipschitz_sound': bounds.body_lipschitz,
-        'certificate': config.certificate,
-        'certified_accuracy': {
-            name: {f'{eps:g}': float(acc) for eps, acc in zip(
-                config.evaluation.epsilons,
-                certify.certified_accuracy(r, correct, config.evaluation.epsilons), strict=True)}
-            for name, r in radii.items()},
-        'attack': dict(config.attack),
-        'attack_accuracy': {f'{eps:g}': float(acc) for eps, acc in zip(
-            config.evaluation.epsilons,
-            attacks.accuracy_under_attack(norms, config.evaluation.epsilons), strict=True)},
-        'attack_success_rate': float(np.isfinite(norms[correct]).mean()) if correct.any() else 0.,
-        'median_attack_norm': float(np.median(norms[correct])) if correct.any() else 0.,
-        'broken_certificates': broken[config.certificate],
-        'broken_certificates_both': sum(broken.values()),
-        'curves': {
-            'radius': grid,
-            'attack_accuracy': attacks.accuracy_under_attack(norms, grid),
-            **{f'certified_{name}': certify.certified_accuracy(r, correct, grid)
-               for name, r in radii.items()}},
-        'per_example': {'label': labels, 'correct': correct.astype(int),
-                        **{f'radius_{n}': r for n, r in radii.items()}, 'attack_norm': norms},
-    }
+def radius_grid(results: dict[str, Result], epsilons: Sequence[float]) -> np.ndarray:
+    """The common radii of all curves: 0 to the largest radius any evaluator or epsilon needs."""
+    top = max(2.0, max(epsilons), *(result.max_radius for result in results.values()))
+    return np.linspace(0.0, top, RADIUS_GRID_POINTS)
 
 
-def save_evaluation(workdir: str, results: dict) -> None:
-    """Writes evaluation.json, curves.csv, per_example.csv and the per-model figure (process 0)."""
+def save_evaluation(workdir: str, summary: dict, results: dict[str, Result],
+                    epsilons: Sequence[float]) -> None:
+    """Writes evaluation.json, curves.csv, per_example.csv and the figures (process 0)."""
     if jax.process_index() != 0:
         return
     out = os.path.join(workdir, EVALUATION_DIR)
     os.makedirs(out, exist_ok=True)
-    curves, per_example = results['curves'], results['per_example']
-    _write_csv(os.path.join(out, 'curves.csv'), curves)
-    _write_csv(os.path.join(out, 'per_example.csv'), per_example)
-    summary = {k: v for k, v in results.items() if k not in ('curves', 'per_example')}
     with open(os.path.join(out, 'evaluation.json'), 'w') as f:
         json.dump(summary, f, indent=2)
-    plots.plot_certified_under_attack(
-        curves['radius'], curves['attack_accuracy'],
-        {name: curves[f'certified_{name}'] for name in certify.CERTIFICATES},
-        f'{results["label"]}: certified vs attacked accuracy',
-        os.path.join(out, 'certified_vs_attack.png'))
+    per_example = {name: values for result in results.values()
+                   for name, values in result.per_example.items()}
+    if per_example:
+        _write_csv(os.path.join(out, 'per_example.csv'), per_example)
+    curves = {name: curve for result in results.values() for name, curve in result.curves.items()}
+    if curves:
+        grid = radius_grid(results, epsilons)
+        values = {name: curve.accuracy_at(grid) for name, curve in curves.items()}
+        _write_csv(os.path.join(out, 'curves.csv'), {'radius': grid, **values})
+        plots.plot_accuracy_curves(
+            grid, {curve.label: (values[name], curve.bound) for name, curve in curves.items()},
+            f'{summary["label"]}: certified vs attacked accuracy',
+            os.path.join(out, 'certified_vs_attack.png'))
+    for result in results.values():
+        for name, draw in result.figures.items():
+            draw(os.path.join(out, name))
     logging.info('evaluation of %s: %s', workdir, json.dumps(summary))
 
 
 def read_curves(workdir: str) -> dict[str, np.ndarray]:
-    """The curves.csv of an evaluated run as columns."""
-    with open(os.path.join(workdir, EVALUATION_DIR, 'curves.csv')) as f:
+    """The curves.csv of an evaluated run as columns (empty if it has none)."""
+    path = os.path.join(workdir, EVALUATION_DIR, 'curves.csv')
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
         rows = list(csv.DictReader(f))
     return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]}
 
 
 def compare_runs(workdirs: Sequence[str], outdir: str) -> list[dict]:
-    """Overlays runs into Fig. 1a, 1b and 2 and a results table (CSV + JSON) in ``outdir``."""
+    """Overlays runs into Fig. 1a, 1b and one figure per curve, plus a results table.
+
+    ``fig2_attack.png`` is the paper's Fig. 2 (CW-L2 accuracy vs perturbation norm); the table
+    (``comparison.csv``/``.json``/``.md``) has the training summary and every evaluator scalar.
+    """
     os.makedirs(outdir, exist_ok=True)
-    histories, attack_curves, table = {}, {}, []
+    histories, curves, table = {}, {}, []
     for workdir in workdirs:
-        config = writers.load_config(workdir)
+        config = run_files.load_config(workdir)
         label = run_label(config)
         if label in histories:  # e.g. a sweep over seeds: keep both curves apart
             label = f'{label} [{os.path.basename(os.path.normpath(workdir))}]'
-        records = writers.read_metrics(workdir)
+        records = run_files.read_metrics(workdir)
         histories[label] = records
         row = {'run': label, 'workdir': os.path.abspath(workdir), 'method': config.method,
                'epsilon': config.epsilon, 'epochs': len(records),
@@ -164,20 +152,17 @@ def compare_runs(workdirs: Sequence[str], outdir: str) -> list[dict]:
         if os.path.exists(summary_path):
             with open(summary_path) as f:
                 summary = json.load(f)
-            curves = read_curves(workdir)
-            attack_curves[label] = (curves['radius'], curves['attack_accuracy'])
-            row['clean_accuracy'] = summary['clean_accuracy']
-            row['lipschitz_sound'] = summary['lipschitz_sound']
-            for name, accuracies in summary['certified_accuracy'].items():
-                row.update({f'certified_{name}@{eps}': acc for eps, acc in accuracies.items()})
-            row.update({f'attack@{eps}': acc for eps, acc in summary['attack_accuracy'].items()})
-            row['broken_certificates'] = summary['broken_certificates']
-            row['evaluation_seconds'] = summary.get('evaluation_seconds')
+            row.update({key: value for key, value in summary.items()
+                        if isinstance(value, (int, float)) and key != 'epoch'})
+            columns = read_curves(workdir)
+            for name, values in columns.items():
+                if name != 'radius':
+                    curves.setdefault(name, {})[label] = (columns['radius'], values)
         table.append(row)
     plots.plot_margins(histories, os.path.join(outdir, 'fig1a_margins.png'))
     plots.plot_loss(histories, os.path.join(outdir, 'fig1b_loss.png'))
-    if attack_curves:
-        plots.plot_attack_curves(attack_curves, os.path.join(outdir, 'fig2_attack.png'))
+    for name, runs in curves.items():
+        plots.plot_curve_overlay(runs, name, os.path.join(outdir, f'fig2_{name}.png'))
     with open(os.path.join(outdir, 'comparison.json'), 'w') as f:
         json.dump(table, f, indent=2)
     columns = list(dict.fromkeys(key for row in table for key in row))
@@ -197,4 +182,3 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
     lines += ['| ' + ' | '.join(cell(row.get(c)) for c in columns) + ' |' for row in rows]
     return '\n'.join(lines) + '\n'
-

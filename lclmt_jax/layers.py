@@ -1,72 +1,42 @@
-"""Layers that carry their own Lipschitz bound, each bound written beside its layer.
+"""Flax layers that return their own Lipschitz bound: ``(y, bound)`` for every call.
 
-Every layer returns ``(y, bound)`` where ``bound`` is a Lipschitz constant of ``x -> y`` in L2:
+``bound`` is a Lipschitz constant of ``x -> y`` in L2, computed by the pure functions of
+``lclmt_jax.bounds``:
 
 * ``sound=False`` (training): a differentiable *estimate* from power iteration with persistent
-  vectors kept in the ``'lipschitz'`` variable collection -- one iteration per call when the
-  collection is mutable and ``train=True``. Power iteration converges from *below*, so this value
-  steers training but certifies nothing.
+  vectors kept in the ``'lipschitz'`` variable collection -- ``power_iterations`` steps per call,
+  kept when the collection is mutable and ``train=True``. Power iteration converges from *below*,
+  so this value steers training but certifies nothing.
 * ``sound=True`` (certification): a guaranteed *upper* bound computed on the host in float64 from
   the concrete parameters (never under ``jit``).
 
-Networks compose these: a chain multiplies bounds, a residual block adds them, and a conv can fold
-the per-channel multipliers of neighbouring batch norms into its own bound (``in_scale``,
-``out_scale``). Adding a layer type means adding its module and its two bound functions to this
-file; the train step never changes.
+Adding a layer type means adding its module here and its two bound functions to ``bounds.py``;
+the train step never changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from lclmt_jax import bounds
 
 Array = jax.Array
 
-# Relative slack added to every float64 sound bound. LAPACK's SVD is backward stable: the computed
-# singular values are exact for W + E with |E|_2 <= c·n·eps64·|W|_2; for any layer here
-# c·n·eps64 < 1e-9, so inflating by 1e-6 covers the rounding of the SVD and of the later products.
-SOUND_SLACK = 1e-6
+
+def _power_iteration_vector(module: nn.Module, shape: tuple[int, ...]) -> nn.Variable:
+    """The persistent unit vector of a layer's power iteration, random at init."""
+    return module.variable(
+        'lipschitz', 'v',
+        lambda: bounds.normalize(jax.random.normal(module.make_rng('params'), shape)))
 
 
-def _normalize(x: Array) -> Array:
-    return x / (jnp.linalg.norm(x) + 1e-12)
-
-
-def _require_concrete(value: Any, what: str) -> np.ndarray:
-    """Sound bounds are computed on the host; a traced value means someone called them under jit."""
-    if isinstance(value, jax.core.Tracer):
-        raise TypeError(f'the sound bound of {what} needs concrete parameters; call it outside jit')
-    return np.asarray(value, dtype=np.float64)
-
-
-# ----------------------------------------------------------------------------- dense
-
-
-def dense_power_iteration(kernel: Array, v: Array) -> tuple[Array, Array]:
-    """One power-iteration step for the spectral norm of ``x -> x @ kernel``.
-
-    ``v`` is the persistent right singular vector estimate (input space). Returns the estimate
-    sigma = u^T K^T v' (differentiable in ``kernel``; u and v' are stop-gradiented, as in spectral
-    normalization) and the updated vector v'. sigma <= |K|_2 always: it is a Rayleigh-type
-    quotient of unit vectors, so it is a lower bound that tightens as v' converges.
-    """
-    v = jax.lax.stop_gradient(v)
-    w = jax.lax.stop_gradient(kernel)
-    u = _normalize(v @ w)
-    v_new = _normalize(w @ u)
-    sigma = jnp.dot(v_new @ kernel, u)
-    return sigma, v_new
-
-
-def dense_upper_bound(kernel: Array) -> float:
-    """Guaranteed upper bound on |K|_2: the exact largest singular value in float64, rounded up."""
-    matrix = _require_concrete(kernel, 'a dense layer')
-    return float(np.linalg.norm(matrix, ord=2) * (1.0 + SOUND_SLACK))
+def _keep_vector(module: nn.Module, train: bool) -> bool:
+    """Whether this call may store the updated vector (training, collection mutable)."""
+    return train and module.is_mutable_collection('lipschitz') and not module.is_initializing()
 
 
 class LipschitzDense(nn.Module):
@@ -74,6 +44,7 @@ class LipschitzDense(nn.Module):
 
     features: int
     kernel_init: Any = nn.initializers.lecun_normal()
+    power_iterations: int = 1
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, sound: bool = False):
@@ -81,188 +52,12 @@ class LipschitzDense(nn.Module):
         bias = self.param('bias', nn.initializers.zeros, (self.features,))
         y = x @ kernel + bias
         if sound:
-            return y, dense_upper_bound(kernel)
-        v = self.variable(
-            'lipschitz', 'v',
-            lambda: _normalize(jax.random.normal(self.make_rng('params'), (x.shape[-1],))))
-        sigma, v_new = dense_power_iteration(kernel, v.value)
-        if train and self.is_mutable_collection('lipschitz') and not self.is_initializing():
+            return y, bounds.dense_upper_bound(kernel)
+        v = _power_iteration_vector(self, (x.shape[-1],))
+        sigma, v_new = bounds.dense_power_iteration(kernel, v.value, self.power_iterations)
+        if _keep_vector(self, train):
             v.value = v_new
         return y, sigma
-
-
-# ----------------------------------------------------------------------------- convolution
-
-ConvPadding = str | int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]]
-_CONV_DIMS = ('NHWC', 'HWIO', 'NHWC')
-
-
-def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2 or any(int(p) < 1 for p in pair):
-        raise ValueError(f'{what} must be a positive int or a pair of them, got {value!r}')
-    return int(pair[0]), int(pair[1])
-
-
-def conv_padding(padding: ConvPadding, input_hw: Sequence[int], kernel_hw: Sequence[int],
-                 strides: Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Explicit zero padding ``((top, bottom), (left, right))`` of a conv on an H×W input.
-
-    ``'SAME'`` follows XLA (output size ceil(n/s), total padding max((out-1)·s + k - n, 0), the
-    odd pixel at the end), ``'VALID'`` is no padding, an int p pads p on every side, ``(ph, pw)``
-    pads ph rows and pw columns on both sides, and ``((t, b), (l, r))`` is taken as is. Every conv
-    in this file is run with the explicit padding returned here, so the forward pass, the power
-    iteration and the sound bound all see the same linear map.
-    """
-    if isinstance(padding, str):
-        if padding.upper() == 'VALID':
-            pads = ((0, 0), (0, 0))
-        elif padding.upper() == 'SAME':
-            pads = []
-            for n, k, s in zip(input_hw, kernel_hw, strides, strict=True):
-                total = max((-(-n // s) - 1) * s + k - n, 0)
-                pads.append((total // 2, total - total // 2))
-            pads = tuple(pads)
-        else:
-            raise ValueError(f"padding must be 'SAME', 'VALID' or ints, got {padding!r}")
-    elif isinstance(padding, (int, np.integer)):
-        pads = ((int(padding),) * 2,) * 2
-    elif len(padding) == 2 and all(isinstance(p, (int, np.integer)) for p in padding):
-        pads = ((int(padding[0]),) * 2, (int(padding[1]),) * 2)
-    else:
-        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if len(pads) != 2 or any(p < 0 for pair in pads for p in pair):
-        raise ValueError(f'conv padding must be non-negative, got {padding!r}')
-    for n, k, (lo, hi) in zip(input_hw, kernel_hw, pads, strict=True):
-        if n + lo + hi < k:
-            raise ValueError(f'a {tuple(kernel_hw)} kernel does not fit the padded input '
-                             f'{tuple(input_hw)} with padding {padding!r}')
-    return pads
-
-
-def _conv(x: Array, kernel: Array, strides: tuple[int, int],
-          pads: tuple[tuple[int, int], tuple[int, int]]) -> Array:
-    """Bias-free cross-correlation (what ``lax.conv`` computes), NHWC input, HWIO kernel."""
-    return jax.lax.conv_general_dilated(x, kernel, window_strides=strides, padding=pads,
-                                        dimension_numbers=_CONV_DIMS)
-
-
-def scale_kernel(kernel: Any, in_scale: Any = None, out_scale: Any = None) -> Any:
-    """The HWIO kernel of x -> diag(out_scale)·conv(diag(in_scale)·x, kernel).
-
-    ``in_scale`` (C_in,) and ``out_scale`` (C_out,) are per-channel factors, repeated over
-    positions; None means 1. Works on jax and numpy arrays alike.
-    """
-    if in_scale is not None:
-        kernel = kernel * in_scale[:, None]
-    if out_scale is not None:
-        kernel = kernel * out_scale
-    return kernel
-
-
-def conv_power_iteration(kernel: Array, v: Array, stride: int | Sequence[int] = 1,
-                         padding: ConvPadding = 'SAME', in_scale: Array | None = None,
-                         out_scale: Array | None = None) -> tuple[Array, Array]:
-    """One power-iteration step for the operator norm of the bias-free conv on ``v``'s shape.
-
-    The conv ``A: x -> conv(x, kernel)`` is a linear map on inputs of shape ``v.shape`` = (1, H,
-    W, C_in), stride and zero padding included. With the persistent unit vector v:
-    u = A v/|A v|, v' = A^T u/|A^T u| (A^T by ``jax.vjp``), and the returned estimate is
-    sigma = <u, A v'> with u, v' stop-gradiented, so d sigma/d kernel is the gradient of the top
-    singular value once v has converged. sigma = |A^T u| <= |A|_2 for every v (Cauchy-Schwarz on
-    unit vectors), so it is a lower bound that tightens as v' converges. Returns (sigma, v').
-
-    With ``in_scale``/``out_scale`` the map is diag(out_scale)·A·diag(in_scale) (see
-    ``scale_kernel``), and sigma is differentiable in the scales too.
-    """
-    kernel = scale_kernel(kernel, in_scale, out_scale)
-    strides = _pair(stride, 'stride')
-    pads = conv_padding(padding, v.shape[1:3], kernel.shape[:2], strides)
-    v = jax.lax.stop_gradient(v)
-    w = jax.lax.stop_gradient(kernel)
-    image, transpose = jax.vjp(lambda z: _conv(z, w, strides, pads), v)
-    u = _normalize(image)
-    (back,) = transpose(u)
-    # A zero kernel (e.g. a residual branch initialised to zero) maps everything to 0: keep the
-    # old vector then, or the iteration would be stuck at v = 0 once the kernel grows.
-    norm = jnp.linalg.norm(back)
-    v_new = jax.lax.stop_gradient(jnp.where(norm > 0, back / jnp.where(norm > 0, norm, 1.0), v))
-    sigma = jnp.sum(u * _conv(v_new, kernel, strides, pads))
-    return sigma, v_new
-
-
-def circular_conv_norm(kernel: np.ndarray, grid: Sequence[int], strides: Sequence[int]) -> float:
-    """Exact operator norm of the stride-s *circular* cross-correlation on an N_h×N_w grid.
-
-    The map is z[i, j] = sum_{p,q} K[p, q]^T x[(s_h·i + p) mod N_h, (s_w·j + q) mod N_w] for
-    0 <= i < N_h/s_h, 0 <= j < N_w/s_w (each N divisible by its stride, each N >= kernel size).
-    Proof that the value returned is its norm: the unitary 2-D DFT (Parseval) turns the stride-1
-    circular correlation into x^(w) -> M(w) x^(w) with M(w) = conj(F(w))^T, F = DFT of the
-    zero-extended kernel, F(w) a C_in×C_out matrix. Keeping every s-th sample aliases the
-    s_h·s_w frequencies w' + a·N/s onto w' of the N/s grid: y^(w') = (1/(s_h s_w)) sum_a
-    z^(w' + a·N/s), and with both grids' unitary scalings the strided map is unitarily equivalent
-    to the block diagonal of B(w') = (s_h s_w)^(-1/2)·[M(w' + a·N/s)]_a, each block C_out ×
-    (s_h s_w·C_in). A block-diagonal operator's norm is the largest block norm, so the norm is
-    max_w' sigma_max(B(w')) -- computed here by a batched float64 SVD of conj(B(w'))^T, which has
-    the same singular values. The kernel is real, so F(-w) = conj(F(w)) and B(-w') is B(w') with
-    its blocks permuted and conjugated (same singular values): the columns w'_w <= N'_w/2 cover
-    every block up to this symmetry, which halves the work.
-    """
-    kernel = np.asarray(kernel, np.float64)
-    (n_h, n_w), (s_h, s_w) = grid, strides
-    c_in, c_out = kernel.shape[2:]
-    if n_h % s_h or n_w % s_w or n_h < kernel.shape[0] or n_w < kernel.shape[1]:
-        raise ValueError(f'grid {tuple(grid)} must be multiples of the strides {tuple(strides)} '
-                         f'and at least the kernel size {kernel.shape[:2]}')
-    spectrum = np.fft.fft2(kernel, s=(n_h, n_w), axes=(0, 1))  # (N_h, N_w, C_in, C_out)
-    spectrum = spectrum.reshape(s_h, n_h // s_h, s_w, n_w // s_w, c_in, c_out)
-    spectrum = spectrum[:, :, :, :n_w // s_w // 2 + 1]
-    blocks = spectrum.transpose(1, 3, 0, 2, 4, 5).reshape(-1, s_h * s_w * c_in, c_out)
-    top = np.linalg.svd(blocks, compute_uv=False)[:, 0].max()
-    return float(top / np.sqrt(s_h * s_w))
-
-
-def conv_upper_bound(kernel: Array, input_shape: Sequence[int], stride: int | Sequence[int] = 1,
-                     padding: ConvPadding = 'SAME', in_scale: Any = None,
-                     out_scale: Any = None) -> float:
-    """Guaranteed upper bound on the operator norm of the bias-free, zero-padded, strided conv.
-
-    With ``in_scale``/``out_scale`` (per-channel factors, float64 on the host) the bound is that
-    of diag(out_scale)·conv·diag(in_scale): the same conv with the float64 kernel of
-    ``scale_kernel``, so the proof below applies unchanged.
-
-    ``input_shape`` is the input's (H, W), (H, W, C_in) or (N, H, W, C_in); the bound is for the
-    conv as a linear map on exactly that spatial shape. Proof, per spatial axis with input size
-    n, kernel size k, stride s and padding (lo, hi); m = n + lo + hi, N = the least multiple of
-    s with N >= m:
-
-    1. Zero padding embeds x in a length-m signal and that in a length-N circular grid (zeros
-       after m): an isometry E, |E x| = |x|.
-    2. The conv's outputs are i = 0..out-1, out = (m - k)//s + 1, and read positions
-       s·i + p <= s·(out-1) + k - 1 <= m - 1 < N: none wraps around, so
-       conv = crop ∘ C ∘ E with C the stride-s circular correlation on the N grid (see
-       ``circular_conv_norm``) and crop keeping the first ``out`` outputs, |crop|_2 <= 1.
-    3. Hence |conv|_2 <= |crop|_2·|C|_2·|E|_2 <= |C|_2 = max_w sigma_max(B(w)) (exact, computed
-       in float64 by ``circular_conv_norm``).
-
-    The FFT and SVD are backward stable: their absolute error is below ~1e-12 of the result for
-    any layer here (c·log2(N)·eps64·sqrt(N_h N_w·min(C_in, C_out)) relative), so multiplying by
-    (1 + SOUND_SLACK) makes the float a guaranteed upper bound.
-    """
-    matrix = _require_concrete(kernel, 'a conv layer')
-    matrix = scale_kernel(matrix, *(None if scale is None else _require_concrete(scale, 'a scale')
-                                    for scale in (in_scale, out_scale)))
-    input_shape = tuple(input_shape)
-    if len(input_shape) not in (2, 3, 4) or (len(input_shape) > 2
-                                             and input_shape[-1] != matrix.shape[2]):
-        raise ValueError(f'input shape {input_shape} is not (H, W), (H, W, C_in) or '
-                         f'(N, H, W, C_in) for a kernel of shape {matrix.shape}')
-    spatial = input_shape[:2] if len(input_shape) < 4 else input_shape[1:3]
-    strides = _pair(stride, 'stride')
-    pads = conv_padding(padding, spatial, matrix.shape[:2], strides)
-    grid = [-(-(n + lo + hi) // s) * s for n, (lo, hi), s in zip(spatial, pads, strides,
-                                                                  strict=True)]
-    return circular_conv_norm(matrix, grid, strides) * (1.0 + SOUND_SLACK)
 
 
 class LipschitzConv(nn.Module):
@@ -276,81 +71,54 @@ class LipschitzConv(nn.Module):
     ``in_scale``/``out_scale`` (per-channel, e.g. the multipliers of the batch norms before and
     after the conv, see ``LipschitzBatchNorm.per_channel``) change only the returned bound: it is
     then that of diag(out_scale)·conv·diag(in_scale), while ``y`` is still the plain conv. A
-    network uses it to bound BN-conv-BN chains as one operator (``models.PreActBlock``), which is
-    much tighter than the product of the three norms. In sound mode the scales must be concrete.
-    ``with_bound=False`` returns ``(y, None)`` and leaves the power iteration alone: for a caller
-    whose ``out_scale`` depends on ``y``, which then calls the layer again on the same input for
-    the bound (the second forward conv is unused and compiled away).
+    network uses it to bound BN-conv-BN chains as one operator (``models.wrn.PreActBlock``),
+    which is much tighter than the product of the three norms. In sound mode the scales must be
+    concrete. ``with_bound=False`` returns ``(y, None)`` and leaves the power iteration alone:
+    for a caller whose ``out_scale`` depends on ``y``, which then calls the layer again on the
+    same input for the bound (the second forward conv is unused and compiled away).
     """
 
     features: int
     kernel_size: int | tuple[int, int] = 3
     strides: int | tuple[int, int] = 1
-    padding: ConvPadding = 'SAME'
+    padding: bounds.ConvPadding = 'SAME'
     use_bias: bool = True
     kernel_init: Any = nn.initializers.lecun_normal()
+    power_iterations: int = 1
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, sound: bool = False,
                  in_scale: Any = None, out_scale: Any = None, with_bound: bool = True):
-        kernel_hw = _pair(self.kernel_size, 'kernel_size')
-        strides = _pair(self.strides, 'strides')
-        pads = conv_padding(self.padding, x.shape[1:3], kernel_hw, strides)
+        kernel_hw = bounds.pair(self.kernel_size, 'kernel_size')
+        strides = bounds.pair(self.strides, 'strides')
+        pads = bounds.conv_padding(self.padding, x.shape[1:3], kernel_hw, strides)
         kernel = self.param('kernel', self.kernel_init, (*kernel_hw, x.shape[-1], self.features))
-        y = _conv(x, kernel.astype(x.dtype), strides, pads)
+        y = bounds.conv(x, kernel.astype(x.dtype), strides, pads)
         if self.use_bias:
             y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(x.dtype)
         if not with_bound:
             return y, None
         if sound:
-            return y, conv_upper_bound(kernel, x.shape, strides, pads, in_scale, out_scale)
-        v = self.variable(
-            'lipschitz', 'v',
-            lambda: _normalize(jax.random.normal(self.make_rng('params'), (1, *x.shape[1:]))))
+            return y, bounds.conv_upper_bound(kernel, x.shape, strides, pads, in_scale,
+                                              out_scale)
+        v = _power_iteration_vector(self, (1, *x.shape[1:]))
         if v.value.shape[1:] != x.shape[1:]:
             raise ValueError(f'{self.name}: initialized for inputs of shape {v.value.shape[1:]}, '
                              f'applied to {x.shape[1:]}; the bound depends on the input shape')
-        sigma, v_new = conv_power_iteration(kernel, v.value, strides, pads, in_scale, out_scale)
-        if train and self.is_mutable_collection('lipschitz') and not self.is_initializing():
+        sigma, v_new = bounds.conv_power_iteration(kernel, v.value, strides, pads, in_scale,
+                                                   out_scale, self.power_iterations)
+        if _keep_vector(self, train):
             v.value = v_new
         return y, sigma
-
-
-# ----------------------------------------------------------------------------- batch norm
-
-
-def batch_norm_multipliers(scale: Array, var: Array, epsilon: float) -> np.ndarray:
-    """|gamma_c|/sqrt(var_c + eps) per channel in float64: |D| of BN with fixed statistics.
-
-    eps is taken as the smaller of its float64 and float32 values so the multipliers are at least
-    those of the network evaluated in either precision. Not rounded up: a bound built from them
-    adds ``SOUND_SLACK`` itself.
-    """
-    gamma = _require_concrete(scale, 'a batch norm layer')
-    variance = _require_concrete(var, 'a batch norm layer')
-    eps = min(float(epsilon), float(np.float32(epsilon)))
-    return np.abs(gamma) / np.sqrt(variance + eps)
-
-
-def batch_norm_upper_bound(scale: Array, var: Array, epsilon: float) -> float:
-    """Guaranteed bound max_c |gamma_c|/sqrt(var_c + eps) of BN with fixed statistics, float64.
-
-    BN with fixed (mean, var) is x -> D x + const with D diagonal (per channel, repeated over
-    positions), so its L2 Lipschitz constant is exactly max |D| (a diagonal matrix's spectral norm
-    is its largest absolute entry). eps as in ``batch_norm_multipliers``; SOUND_SLACK covers
-    rounding.
-    """
-    return float(np.max(batch_norm_multipliers(scale, var, epsilon)) * (1.0 + SOUND_SLACK))
 
 
 class LipschitzBatchNorm(nn.Module):
     """Batch norm over the last (channel) axis, y = gamma·(x - mu)/sqrt(var + eps) + beta.
 
-    Statistics: batch mean/variance over all but the channel axis when ``train=True`` (averaged
-    over ``axis_name`` with ``pmean`` when it is given, e.g. ``'data'`` inside the trainer's
-    ``shard_map``; None lets the module run outside any mapped axis), the running averages in
-    collection ``'batch_stats'`` otherwise and always when ``sound=True`` (the certificate is
-    for the eval-mode network). Running averages are updated in train mode when
+    Statistics: batch mean/variance over all but the channel axis when ``train=True`` (over the
+    whole global batch: under the trainer's sharded ``jit`` XLA inserts the cross-device sums),
+    the running averages in collection ``'batch_stats'`` otherwise and always when ``sound=True``
+    (the certificate is for the eval-mode network). Running averages are updated in train mode when
     ``'batch_stats'`` is mutable.
 
     Bound: max_c |gamma_c|/sqrt(var_c + eps) with the variance that mode uses. For eval and sound
@@ -367,7 +135,6 @@ class LipschitzBatchNorm(nn.Module):
 
     momentum: float = 0.9
     epsilon: float = 1e-5
-    axis_name: str | None = None
     per_channel: bool = False
 
     @nn.compact
@@ -380,11 +147,7 @@ class LipschitzBatchNorm(nn.Module):
         if train and not sound:
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(x, axes)
-            if self.axis_name is not None:
-                mean = jax.lax.pmean(mean, self.axis_name)
             var = jnp.mean(jnp.square(x - mean), axes)
-            if self.axis_name is not None:  # equal local batches: the mean of means is exact
-                var = jax.lax.pmean(var, self.axis_name)
             if self.is_mutable_collection('batch_stats') and not self.is_initializing():
                 m = self.momentum
                 running_mean.value = m * running_mean.value + (1 - m) * mean
@@ -395,27 +158,13 @@ class LipschitzBatchNorm(nn.Module):
         y = (x - mean.astype(x.dtype)) * multiplier.astype(x.dtype) + bias.astype(x.dtype)
         if sound:
             if self.per_channel:
-                return y, batch_norm_multipliers(scale, var, self.epsilon)
-            return y, batch_norm_upper_bound(scale, var, self.epsilon)
+                return y, bounds.batch_norm_multipliers(scale, var, self.epsilon)
+            return y, bounds.batch_norm_upper_bound(scale, var, self.epsilon)
         if self.per_channel:
             return y, jnp.abs(multiplier)
         return y, jnp.max(jnp.abs(multiplier))
 
 
-# ----------------------------------------------------------------------------- parameter-free
-
-
-def relu(x: Array) -> tuple[Array, float]:
-    """ReLU and its Lipschitz constant 1 (|max(a,0) - max(b,0)| <= |a - b| elementwise)."""
-    return nn.relu(x), 1.0
-
-
 def global_average_pool(x: Array, *, sound: bool = False) -> tuple[Array, float]:
-    """Mean over the spatial axes of NHWC ``x`` and its Lipschitz constant 1/sqrt(H·W).
-
-    Per channel, |mean_i x_i|^2 <= (1/(HW))·sum_i x_i^2 by Cauchy-Schwarz, summed over channels
-    |pool(x)| <= |x|/sqrt(HW), with equality for spatially constant x: the bound is exact. The
-    sound value is rounded up by SOUND_SLACK.
-    """
-    bound = 1.0 / float(np.sqrt(x.shape[1] * x.shape[2]))
-    return jnp.mean(x, axis=(1, 2)), (bound * (1.0 + SOUND_SLACK) if sound else bound)
+    """Mean over the spatial axes of NHWC ``x`` and its Lipschitz constant (``bounds``)."""
+    return jnp.mean(x, axis=(1, 2)), bounds.average_pool_bound(x.shape[1], x.shape[2], sound)

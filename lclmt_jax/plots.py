@@ -70,13 +70,14 @@ def plot_loss(runs: Mapping[str, Records], path: str) -> str:
     return _save(fig, path)
 
 
-def plot_attack_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str) -> str:
-    """Fig. 2: accuracy under CW-L2 attack vs perturbation norm, runs overlaid."""
+def plot_curve_overlay(runs: Mapping[str, tuple[np.ndarray, np.ndarray]], name: str,
+                       path: str) -> str:
+    """One accuracy-vs-radius curve (e.g. ``attack``: the paper's Fig. 2) of several runs."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, (norms, accuracy) in curves.items():
-        ax.plot(norms, accuracy, label=label)
+    for label, (radii, accuracy) in runs.items():
+        ax.plot(radii, accuracy, label=label)
     ax.set_xlabel('perturbation norm ‖δ‖₂')
-    ax.set_ylabel('accuracy under CW-L2 attack')
+    ax.set_ylabel('accuracy under CW-L2 attack' if name == 'attack' else f'accuracy ({name})')
     ax.set_ylim(0, 1.02)
     ax.set_title('Accuracy vs perturbation size')
     ax.legend(fontsize=8)
@@ -84,17 +85,20 @@ def plot_attack_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path
     return _save(fig, path)
 
 
-def plot_certified_under_attack(norms: np.ndarray, attack_accuracy: np.ndarray,
-                                certified: Mapping[str, np.ndarray], title: str,
-                                path: str) -> str:
-    """One model: certified accuracy (a sound lower bound) under CW accuracy (an upper bound)."""
+def plot_accuracy_curves(radii: np.ndarray, curves: Mapping[str, tuple[np.ndarray, str]],
+                         title: str, path: str) -> str:
+    """One model's curves: certified accuracy (``'lower'`` bounds, dashed) under attacked
+    accuracy (``'upper'`` bounds, solid); the band between the best of each holds the truth."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(norms, attack_accuracy, color='C3', label='CW-L2 attack (upper bound)')
-    for index, (name, accuracy) in enumerate(certified.items()):
-        ax.plot(norms, accuracy, color=f'C{index}', linestyle='--',
-                label=f'certified, {name} (lower bound)')
-    ax.fill_between(norms, np.max(list(certified.values()), axis=0), attack_accuracy,
-                    color='0.85', label='true robust accuracy lies here')
+    lower = [values for values, bound in curves.values() if bound == 'lower']
+    upper = [values for values, bound in curves.values() if bound == 'upper']
+    colors = {'lower': iter(['C0', 'C1', 'C2', 'C4']), 'upper': iter(['C3', 'C5', 'C6', 'C7'])}
+    for label, (values, bound) in curves.items():
+        ax.plot(radii, values, color=next(colors[bound], 'C9'),
+                linestyle='--' if bound == 'lower' else '-', label=label)
+    if lower and upper:
+        ax.fill_between(radii, np.max(lower, axis=0), np.min(upper, axis=0), color='0.85',
+                        label='true robust accuracy lies here')
     ax.set_xlabel('L2 radius')
     ax.set_ylabel('accuracy')
     ax.set_ylim(0, 1.02)

@@ -35,7 +35,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from lclmt_jax import checkpoints, configs, evaluate, train, writers
+from lclmt_jax import checkpoints, evaluate, run_files, train, validation
 
 # How a swept field shows up in a member's name; other fields use their last dotted component.
 SHORT_NAMES = {'epsilon': 'eps', 'learning_rate': 'lr', 'batch_size': 'bs', 'num_epochs': 'epochs',
@@ -184,7 +184,7 @@ class Sweep:
             raise ValueError(f'{path}: get_sweep({variant!r}) returned no members')
         sweep = cls(config_file, base, overrides, members)
         for name in members:  # every member is checked before anything runs
-            configs.validate_config(sweep.config(name), num_devices=1)
+            validation.validate_config(sweep.config(name), num_devices=1)
         return sweep
 
     @classmethod
@@ -238,7 +238,7 @@ class Sweep:
                 logging.error('sweep member %s failed: %s', name, error)
                 failures[name] = str(error)
         done = [os.path.join(workdir, name) for name in self.members
-                if os.path.exists(os.path.join(workdir, name, writers.METRICS_FILE))]
+                if os.path.exists(os.path.join(workdir, name, run_files.METRICS_FILE))]
         table = []
         if done and jax.process_index() == 0:
             table = evaluate.compare_runs(done, workdir)
@@ -253,12 +253,13 @@ class Sweep:
         """Trains (or resumes) and evaluates one member unless that is done; returns its workdir."""
         config = self.config(name)
         member_dir = os.path.join(workdir, name)
-        record = {'member': name, 'max_examples': max_examples, 'config': _as_json(config)}
+        record = {'member': name, 'max_examples': max_examples,
+                  'config': run_files.config_as_dict(config)}
         if _read_json(os.path.join(member_dir, MEMBER_FILE)) == record:
             _say(f'  {member_dir}: trained and evaluated, skipped')
             return member_dir
-        _check_same_training(member_dir, config)
-        if _trained_epochs(member_dir) < config.num_epochs:
+        train.check_same_training(member_dir, config)
+        if checkpoints.latest_epoch(member_dir) < config.num_epochs:
             train.train_and_evaluate(config, member_dir)
         evaluate.evaluate_run(member_dir, max_examples)
         if jax.process_index() == 0:
@@ -281,42 +282,6 @@ def launch(config_flag, action: str, workdir: str, max_examples: int | None = No
         raise ValueError(f'unknown sweep action {action!r}; allowed: run, print')
 
 
-# Fields that may change between invocations without invalidating a member's training: how long
-# it trains (it resumes), how often it checkpoints, where the data files are, how it is evaluated.
-_NOT_TRAINING = ('num_epochs', 'checkpoint_every_epochs', 'eval_batch_size', 'certificate',
-                 'evaluation', 'attack', 'data.path', 'data.manual_dir', 'data.data_dir',
-                 'data.pipeline')
-
-
-def _as_json(config: ml_collections.ConfigDict) -> dict:
-    return json.loads(config.to_json_best_effort(sort_keys=True))
-
-
-def _flatten(tree: Mapping, prefix: str = '') -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f'{prefix}{key}.'))
-        else:
-            flat[f'{prefix}{key}'] = value
-    return flat
-
-
-def _check_same_training(member_dir: str, config: ml_collections.ConfigDict) -> None:
-    """Refuses to resume a member whose workdir was trained with other training fields."""
-    saved = _read_json(os.path.join(member_dir, writers.CONFIG_FILE))
-    if saved is None:
-        return
-    old, new = _flatten(saved), _flatten(_as_json(config))
-    # Fields in only one of the two were added to (or dropped from) the code in between.
-    changed = sorted(key for key in old.keys() & new.keys() if old[key] != new[key] and not any(
-        key == field or key.startswith(f'{field}.') for field in _NOT_TRAINING))
-    if changed:
-        key = changed[0]
-        raise ValueError(f'{member_dir} was trained with {key}={old[key]!r}, the sweep now '
-                         f'says {new[key]!r}; use another --workdir or delete that run')
-
-
 def _say(line: str) -> None:
     if jax.process_index() == 0:
         print(line, flush=True)
@@ -327,16 +292,6 @@ def _read_json(path: str) -> dict | None:
         return None
     with open(path) as f:
         return json.load(f)
-
-
-def _trained_epochs(member_dir: str) -> int:
-    """The epoch of the newest checkpoint in ``member_dir``, 0 if none."""
-    if not os.path.isdir(os.path.join(member_dir, checkpoints.CHECKPOINT_DIR)):
-        return 0
-    manager = checkpoints.checkpoint_manager(member_dir)
-    epoch = manager.latest_step()
-    manager.close()
-    return int(epoch or 0)
 
 
 def format_table(table: Sequence[dict], config: ml_collections.ConfigDict) -> str:

@@ -1,6 +1,13 @@
-"""Where metrics go: JSON lines and TensorBoard scalars in the workdir, one line on the console.
+"""Where metrics go: clu metric writers for ``metrics.jsonl``, TensorBoard and one console line.
 
-Only process 0 writes, so a multi-host run leaves one copy of the truth.
+The trainer writes every epoch's scalars through one clu ``MultiWriter`` and flushes it at the
+end of the epoch: TensorBoard event files (clu's ``SummaryWriter``), one JSON record per epoch
+in ``metrics.jsonl`` (the file the reports and ``--mode=compare`` read) and one line on the
+console, whose time left comes from clu's ``ReportProgress``. Only process 0 writes, so a
+multi-host run leaves one copy of the truth.
+
+clu's writers import TensorFlow (for TensorBoard), so only ``train_and_evaluate`` imports this
+module: the step functions, benchmarks and evaluation run without it.
 """
 
 from __future__ import annotations
@@ -9,116 +16,121 @@ import datetime
 import json
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import jax
-import ml_collections
+from clu import metric_writers, periodic_actions
+from clu.metric_writers import interface
 
-METRICS_FILE = 'metrics.jsonl'
-CONFIG_FILE = 'config.json'
-RUN_INFO_FILE = 'run.json'
+from lclmt_jax.run_files import METRICS_FILE
 
 
-class MetricWriter:
-    """Appends per-epoch scalars to ``metrics.jsonl`` and TensorBoard event files in ``workdir``."""
+class ScalarWriter(interface.MetricWriter):
+    """A clu writer that keeps the scalars of each step until ``flush``; other kinds are dropped.
 
-    def __init__(self, workdir: str):
-        self.enabled = jax.process_index() == 0
-        self.path = os.path.join(workdir, METRICS_FILE)
-        self._tensorboard = None
-        if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
-            from tensorboardX import SummaryWriter  # imported lazily: only process 0 needs it
+    Subclasses implement ``write_record(step, scalars)``, called once per step at ``flush`` with
+    everything written for that step (several ``write_scalars`` calls are merged).
+    """
 
-            self._tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    def __init__(self):
+        self._pending: dict[int, dict[str, float]] = {}
 
-    def write(self, epoch: int, scalars: Mapping[str, float]) -> None:
-        if not self.enabled:
-            return
-        record = {'epoch': epoch, **{k: float(v) for k, v in scalars.items()}}
-        with open(self.path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
-        for name, value in scalars.items():
-            self._tensorboard.add_scalar(name, float(value), epoch)
-        self._tensorboard.flush()
+    def write_record(self, step: int, scalars: Mapping[str, float]) -> None:
+        raise NotImplementedError
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        self._pending.setdefault(int(step), {}).update(
+            {name: float(value) for name, value in scalars.items()})
+
+    def flush(self) -> None:
+        for step in sorted(self._pending):
+            self.write_record(step, self._pending[step])
+        self._pending = {}
 
     def close(self) -> None:
-        if self._tensorboard is not None:
-            self._tensorboard.close()
+        self.flush()
+
+    def write_summaries(self, step, values, metadata=None):
+        pass
+
+    def write_images(self, step, images):
+        pass
+
+    def write_videos(self, step, videos):
+        pass
+
+    def write_audios(self, step, audios, *, sample_rate):
+        pass
+
+    def write_texts(self, step, texts):
+        pass
+
+    def write_histograms(self, step, arrays, num_buckets=None):
+        pass
+
+    def write_hparams(self, hparams):
+        pass
 
 
-def truncate_metrics(workdir: str, last_epoch: int) -> None:
-    """Drops records after ``last_epoch`` (left by a run killed after its last checkpoint)."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if jax.process_index() != 0 or not os.path.exists(path):
-        return
-    with open(path) as f:
-        records = [line for line in f if line.strip() and json.loads(line)['epoch'] <= last_epoch]
-    with open(path, 'w') as f:
-        f.writelines(records)
+class JsonlWriter(ScalarWriter):
+    """Appends one JSON record ``{"epoch": step, **scalars}`` per step to a file."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def write_record(self, step: int, scalars: Mapping[str, float]) -> None:
+        with open(self.path, 'a') as f:
+            f.write(json.dumps({'epoch': step, **scalars}) + '\n')
 
 
-def read_metrics(workdir: str) -> list[dict]:
-    """The per-epoch records of a run, in epoch order."""
-    with open(os.path.join(workdir, METRICS_FILE)) as f:
-        return [json.loads(line) for line in f if line.strip()]
+class ConsoleWriter(ScalarWriter):
+    """Prints one line per epoch: the headline metrics and the time left.
 
-
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Writes the resolved config beside the metrics, so every run says how it was made."""
-    if jax.process_index() != 0:
-        return
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run in ``workdir`` was trained with.
-
-    Saved values are laid over today's defaults, so runs saved before a field existed still load
-    (with that field's default).
+    The time left comes from clu's ``ReportProgress`` (``steps_per_sec``, one step per epoch).
     """
-    from lclmt_jax.configs import default_config  # configs imports the model zoo; keep it lazy
 
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f'{path} not found: is {workdir!r} the workdir of a training run?')
-    with open(path) as f:
-        saved = json.load(f)
-    config = default_config()
-    _overlay(config, saved)
-    return config
+    def __init__(self, num_epochs: int):
+        super().__init__()
+        self.num_epochs = num_epochs
+
+    def write_record(self, step: int, scalars: Mapping[str, float]) -> None:
+        print(progress_line(step, self.num_epochs, scalars), flush=True)
 
 
-def _overlay(config: ml_collections.ConfigDict, saved: Mapping) -> None:
-    """Writes JSON values into ``config`` recursively (JSON lists become the default's tuples)."""
-    for key, value in saved.items():
-        current = config.get(key)
-        if isinstance(current, ml_collections.ConfigDict) and isinstance(value, Mapping):
-            _overlay(current, value)
-        elif isinstance(current, tuple) and isinstance(value, list):
-            config[key] = tuple(value)
-        elif key in config and current is not None and value is not None \
-                and type(current) is not type(value):
-            config[key] = type(current)(value)
-        else:
-            config[key] = value
-
-
-def save_run_info(workdir: str, info: Mapping) -> None:
-    """Writes what restoring the model needs beyond the config (input shape, number of classes)."""
-    if jax.process_index() != 0:
-        return
-    with open(os.path.join(workdir, RUN_INFO_FILE), 'w') as f:
-        json.dump(dict(info), f, indent=2)
-
-
-def progress_line(epoch: int, num_epochs: int, scalars: Mapping[str, float], eta_s: float) -> str:
-    """One console line per epoch: the headline metrics and the time left."""
-    eta = datetime.timedelta(seconds=round(eta_s))
-    return (f'epoch {epoch:>3}/{num_epochs}  loss {scalars["train_loss"]:.4f}  '
+def progress_line(epoch: int, num_epochs: int, scalars: Mapping[str, float]) -> str:
+    """One console line per epoch: the headline metrics, and the ETA when the rate is known."""
+    line = (f'epoch {epoch:>3}/{num_epochs}  loss {scalars["train_loss"]:.4f}  '
             f'train_acc {scalars["train_accuracy"]:.4f}  test_acc {scalars["test_accuracy"]:.4f}  '
             f'L {scalars["lipschitz"]:.3g}  margin {scalars["test_margin"]:.3f}'
             f' / req {scalars["required_margin"]:.3f}  '
-            f'bound_met {scalars["test_bound_met"]:.3f}  '
-            f'{scalars["epoch_seconds"]:.2f}s  ETA {eta}')
+            f'bound_met {scalars["test_bound_met"]:.3f}  {scalars["epoch_seconds"]:.2f}s')
+    rate = scalars.get('steps_per_sec', 0.0)
+    if rate > 0:
+        line += f'  ETA {datetime.timedelta(seconds=round((num_epochs - epoch) / rate))}'
+    return line
+
+
+def create_writer(workdir: str, num_epochs: int) -> metric_writers.MetricWriter:
+    """metrics.jsonl + TensorBoard + console on process 0; nothing elsewhere."""
+    if jax.process_index() != 0:
+        return metric_writers.MultiWriter([])
+    os.makedirs(workdir, exist_ok=True)
+    return metric_writers.MultiWriter([
+        JsonlWriter(os.path.join(workdir, METRICS_FILE)),
+        metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard')),
+        ConsoleWriter(num_epochs),
+    ])
+
+
+def create_progress(num_epochs: int, writer: metric_writers.MetricWriter,
+                    start_epoch: int) -> periodic_actions.ReportProgress:
+    """clu's progress reporter, one step per epoch, started at ``start_epoch``.
+
+    Call it with each finished epoch before writing that epoch's scalars: it adds
+    ``steps_per_sec`` (epochs per second, for the console's ETA) and ``uptime``.
+    """
+    progress = periodic_actions.ReportProgress(num_train_steps=num_epochs, writer=writer,
+                                               every_steps=1, every_secs=None)
+    progress(start_epoch)
+    return progress

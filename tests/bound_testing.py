@@ -1,8 +1,38 @@
-"""Helpers shared by the bound tests: converged power iteration, random BN statistics."""
+"""Helpers shared by the bound tests: exact dense conv matrices, converged power iteration,
+random BN statistics, random unit vectors."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lclmt_jax import bounds
+
+
+def unit(shape, seed) -> jax.Array:
+    """A random float32 array of unit L2 norm."""
+    x = np.random.default_rng(seed).normal(size=shape)
+    return jnp.asarray(x / np.linalg.norm(x), jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def conv_matrix(kernel, input_shape, stride, padding):
+    """The bias-free conv on one input of ``input_shape`` as a dense (outputs × inputs) matrix.
+
+    The conv is linear, so its Jacobian is the conv itself; each entry is a kernel weight or 0.
+    """
+    strides = bounds.pair(stride, 'stride')
+    pads = bounds.conv_padding(padding, input_shape[:2], kernel.shape[:2], strides)
+    jac = jax.jacobian(lambda x: bounds.conv(x[None], kernel, strides, pads)[0])(
+        jnp.zeros(input_shape, kernel.dtype))
+    return jac.reshape(int(np.prod(jac.shape[:3])), -1)
+
+
+def exact_conv_norm(kernel, input_shape, stride, padding) -> float:
+    """Largest singular value of the conv's dense matrix, float64 SVD (its entries are exact)."""
+    matrix = np.asarray(conv_matrix(kernel, input_shape, stride, padding), np.float64)
+    return float(np.linalg.svd(matrix, compute_uv=False)[0])
 
 
 def converge(model, variables, x, steps=1000):

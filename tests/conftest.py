@@ -1,10 +1,29 @@
-"""Test session setup: four faked CPU devices, so every test also exercises data parallelism."""
+"""Test session setup: four faked CPU devices (chex), so every test also exercises data
+parallelism, and one small trained run shared by the evaluation and restore tests."""
 
 import os
 
-NUM_FAKE_DEVICES = 4
-
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           f' --xla_force_host_platform_device_count={NUM_FAKE_DEVICES}')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import chex  # noqa: E402
+import pytest  # noqa: E402
+
+NUM_FAKE_DEVICES = 4
+chex.set_n_cpu_devices(NUM_FAKE_DEVICES)  # before anything starts a JAX backend
+
+
+@pytest.fixture(scope='session')
+def trained_workdir(tmp_path_factory):
+    """LC-LMT on the embedded digits for 3 epochs, with a small CW-L2 attack configured."""
+    from lclmt_jax import configs, train
+
+    workdir = str(tmp_path_factory.mktemp('run'))
+    config = configs.mnist_variant(configs.default_config(), 'embedded')
+    config.num_epochs = 3
+    config.attack.steps = 30
+    config.attack.binary_search_steps = 3
+    config.attack.batch_size = 200
+    train.train_and_evaluate(config, workdir)
+    return workdir

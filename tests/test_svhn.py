@@ -7,9 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from bound_testing import converge
 
 import lclmt_jax
-from lclmt_jax import certify, configs, data, input_pipeline, models, train, writers
+from lclmt_jax import certify, configs, data, models, optimizers, run_files, train, validation
 
 
 def smoke_config(method='lc_lmt'):
@@ -26,12 +27,12 @@ def test_svhn_variant_turns_the_stability_fixes_on_and_validates_them():
     assert full.epsilon == 1 / 255 and full.epsilon_warmup_epochs == 5  # 0-255 units, see docs
     assert configs.default_config().epsilon_warmup_epochs == 0  # MNIST MLP: unchanged
     assert configs.default_config().grad_clip_norm is None  # MNIST MLP: unchanged
-    assert not configs.default_config().wrn.zero_init_residual
-    configs.validate_config(config)
+    assert 'wrn' not in configs.default_config()  # the MLP's config has no WRN section
+    validation.validate_config(config)
     for bad in (0.0, -1.0, float('inf')):
         config.grad_clip_norm = bad
-        with pytest.raises(ValueError, match='grad_clip_norm must be None or a finite number'):
-            configs.validate_config(config)
+        with pytest.raises(ValueError, match='grad_clip_norm must be a finite number > 0'):
+            validation.validate_config(config)
 
 
 @pytest.fixture(scope='module')
@@ -46,7 +47,7 @@ def smoke_run(tmp_path_factory):
 
 
 def test_smoke_lc_lmt_run_on_mock_data_stays_finite(smoke_run):
-    records = writers.read_metrics(smoke_run)
+    records = run_files.read_metrics(smoke_run)
     assert [r['epoch'] for r in records] == [1, 2]
     for record in records:
         values = np.array([v for k, v in record.items() if k != 'epoch'], np.float64)
@@ -87,46 +88,31 @@ def _learnable_batch(size=64):
     return np.repeat(images, 3, axis=-1), digits.train_labels[:size]
 
 
-def _converged_state(config, model, tx, images):
+def _converged_state(model, tx, images):
     """A fresh train state whose power-iteration vectors have converged on ``images``.
 
     A fresh random vector starts far below the norm, and its growth would dominate the first
     steps' loss (the trainer sees that in its first epoch only).
     """
     state = train.create_train_state(model, tx, jax.random.key(0), images.shape[1:])
-    local = models.WideResNet(config.wrn.depth, config.wrn.width, 10, bn_axis_name=None,
-                              zero_init_residual=config.wrn.zero_init_residual)
-    x = data.to_float(images)
-
-    @jax.jit
-    def converge(params, lipschitz, batch_stats):
-        def body(_, lipschitz):
-            _, new = local.apply({'params': params, 'lipschitz': lipschitz,
-                                  'batch_stats': batch_stats}, x, train=True,
-                                 mutable=['lipschitz'])
-            return new['lipschitz']
-        return jax.lax.fori_loop(0, 200, body, lipschitz)
-
-    lipschitz = converge(state.params, state.model_state['lipschitz'],
-                         state.model_state['batch_stats'])
-    return state.replace(model_state={**state.model_state, 'lipschitz': lipschitz})
+    variables = converge(model, {'params': state.params, **state.model_state},
+                         data.to_float(images), steps=200)
+    return state.replace(model_state={**state.model_state, 'lipschitz': variables['lipschitz']})
 
 
 def _train_steps(config, images, labels, steps):
     """``steps`` steps of the trainer's own jitted step on one batch: loss, L, correct per step."""
-    mesh = train.make_mesh()
     model = models.create_model(config, 10)
-    tx = train.create_optimizer(config, steps_per_epoch=steps)
-    state = input_pipeline.replicate(mesh, _converged_state(config, model, tx, images))
-    step = train.make_train_step(model, tx, config, mesh, steps)
-    batch = input_pipeline.to_global_batch(mesh, (images, labels))
+    tx = optimizers.create_optimizer(config, steps_per_epoch=steps)
+    state = _converged_state(model, tx, images)
+    step = jax.jit(train.make_train_step(model, config, steps))
     history = []
     for _ in range(steps):
-        metrics = input_pipeline.replicate(mesh, train.empty_epoch_metrics())
-        state, metrics = step(state, metrics, *batch)
-        history.append((float(metrics.loss_sum),
-                        float(metrics.required_margin_sum) / (2 ** 0.5 * config.epsilon),
-                        int(metrics.correct)))
+        state, metrics = step(state, images, labels)
+        metrics = metrics.compute()
+        history.append((float(metrics['loss']),
+                        float(metrics['required_margin']) / (2 ** 0.5 * config.epsilon),
+                        int(round(float(metrics['accuracy']) * len(labels)))))
     return tuple(np.array(column) for column in zip(*history, strict=True))
 
 

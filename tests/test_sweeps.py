@@ -12,7 +12,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from lclmt_jax import sweeps
+from lclmt_jax import sweeps, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIG2 = os.path.join(REPO, 'experiments', 'mnist_fig2_sweep.py')
@@ -96,7 +96,7 @@ def test_the_figure_2a_sweep_declares_the_papers_eight_runs():
     ("def get_sweep(variant=''):\n    return [{'epsilon': 'big'}]\n", {},
      "sweep member 'big'.*cannot be casted"),
     ("def get_sweep(variant=''):\n    return [{'method': 'lmtt'}]\n", {},
-     "unknown method 'lmtt'"),
+     "unknown config.method 'lmtt'"),
     ("def get_sweep(variant=''):\n    return [{'epsilon': 0.1}]\n", {'epsilon': 0.5},
      '--config.epsilon is set by the sweep members'),
     ("def get_sweep(variant=''):\n    return []\n", {}, 'returned no members'),
@@ -178,23 +178,25 @@ def test_a_member_workdir_trained_otherwise_is_not_reused(tmp_path):
     saved.update(num_epochs=50, eval_batch_size=500, attack={'steps': 1})  # may differ
     saved['data']['manual_dir'] = '/elsewhere'
     _write(member_dir / 'config.json', json.dumps(saved))
-    sweeps._check_same_training(str(member_dir), sweep.config('plain'))
+    train.check_same_training(str(member_dir), sweep.config('plain'))
     saved['learning_rate'] = 0.1
     _write(member_dir / 'config.json', json.dumps(saved))
-    with pytest.raises(ValueError, match='was trained with learning_rate=0.1, the sweep now says '
-                                         '0.001; use another --workdir'):
+    with pytest.raises(ValueError, match='was trained with learning_rate=0.1, the config now '
+                                         'says 0.001; use another --workdir'):
         sweep.run_member('plain', str(tmp_path / 'sweep'))
 
 
 def test_a_failing_member_does_not_stop_the_others(tmp_path):
     path = _write(tmp_path / 'sweep.py', TINY_SWEEP.replace(
         "[{'method': 'lmt', 'epsilon': 0.2}, {'method': 'plain'}]",
-        "[{'learning_rate': float('nan')}, {'method': 'plain'}]"))
+        # Adam's steps of 1e30: infinite logits, a non-finite loss
+        "[{'learning_rate': 1e30}, {'method': 'plain'}]"))
     sweep = sweeps.Sweep.load(f'{path}:embedded', {
         'num_epochs': 1, 'attack.steps': 5, 'attack.binary_search_steps': 1})
-    assert list(sweep.members) == ['lrnan', 'plain']
+    assert list(sweep.members) == ['lr1e+30', 'plain']
     workdir = str(tmp_path / 'sweep')
-    with pytest.raises(sweeps.SweepError, match='1 of 2 sweep members failed: lrnan: non-finite'):
+    with pytest.raises(sweeps.SweepError,
+                       match='1 of 2 sweep members failed: lr1e\\+30: non-finite'):
         sweep.run(workdir, max_examples=20)
     with open(os.path.join(workdir, 'comparison.json')) as f:
         assert [row['run'] for row in json.load(f)] == ['plain']

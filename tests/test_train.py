@@ -7,10 +7,22 @@ import sys
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lclmt_jax import checkpoints, configs, data, input_pipeline, models, train, writers
+from lclmt_jax import (
+    checkpoints,
+    configs,
+    data,
+    input_pipeline,
+    losses,
+    models,
+    optimizers,
+    run_files,
+    train,
+    validation,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +42,7 @@ def embedded():
 
 def test_short_run_lowers_the_loss_and_raises_the_margin(tmp_path):
     train.train_and_evaluate(embedded_config(num_epochs=6), str(tmp_path))
-    records = writers.read_metrics(str(tmp_path))
+    records = run_files.read_metrics(str(tmp_path))
     assert [r['epoch'] for r in records] == list(range(1, 7))
     assert records[-1]['train_loss'] < 0.7 * records[0]['train_loss']
     assert records[-1]['test_margin'] > records[0]['test_margin'] + 0.2
@@ -45,10 +57,10 @@ def _one_epoch(devices, embedded, method):
     config = embedded_config(method=method)
     mesh = train.make_mesh(devices)
     model = models.create_model(config, embedded.num_classes)
-    tx = train.create_optimizer(config, 8)
+    tx = optimizers.create_optimizer(config, 8)
     state = train.create_train_state(model, tx, jax.random.key(0), (28, 28, 1))
     images, labels = embedded.train_images[:800], embedded.train_labels[:800]
-    epoch = train.make_train_epoch(model, tx, config, mesh, len(labels))
+    epoch = train.make_train_epoch(model, config, mesh, len(labels))
     state, metrics = epoch(input_pipeline.replicate(mesh, state),
                            *input_pipeline.replicate(mesh, (images, labels)),
                            input_pipeline.epoch_key(0, 1))
@@ -62,8 +74,8 @@ def test_four_devices_follow_the_one_device_trajectory(embedded, method):
     four, four_metrics = _one_epoch(jax.devices(), embedded, method)
     chex.assert_trees_all_close(one.params, four.params, rtol=1e-4, atol=1e-6)
     chex.assert_trees_all_close(one.model_state, four.model_state, rtol=1e-4, atol=1e-6)
-    chex.assert_trees_all_close(one_metrics.loss_sum, four_metrics.loss_sum, rtol=1e-5)
-    assert int(one_metrics.correct) == int(four_metrics.correct)
+    chex.assert_trees_all_close(one_metrics.loss.total, four_metrics.loss.total, rtol=1e-5)
+    assert float(one_metrics.accuracy.total) == float(four_metrics.accuracy.total)
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
@@ -71,33 +83,39 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     train.train_and_evaluate(embedded_config(num_epochs=2), str(tmp_path / 'split'))
     resumed = train.train_and_evaluate(embedded_config(), str(tmp_path / 'split'))
     chex.assert_trees_all_equal(jax.device_get(whole.params), jax.device_get(resumed.params))
-    epochs = [r['epoch'] for r in writers.read_metrics(str(tmp_path / 'split'))]
+    epochs = [r['epoch'] for r in run_files.read_metrics(str(tmp_path / 'split'))]
     assert epochs == [1, 2, 3, 4]
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     workdir = str(tmp_path)
     train.train_and_evaluate(embedded_config(num_epochs=2), workdir)
-    with pytest.raises(train.NonFiniteLossError, match='epoch 3, step 2 .*epoch 2 is kept'):
-        train.train_and_evaluate(embedded_config(learning_rate=float('nan')), workdir)
+    finite_loss = losses.method_loss
+    monkeypatch.setattr(losses, 'method_loss', lambda *args: finite_loss(*args) * jnp.nan)
+    with pytest.raises(train.NonFiniteLossError, match='epoch 3, step 1 .*epoch 2 is kept'):
+        train.train_and_evaluate(embedded_config(), workdir)
     manager = checkpoints.checkpoint_manager(workdir)
     assert manager.latest_step() == 2
     config = embedded_config()
     model = models.create_model(config, 10)
-    like = train.create_train_state(model, train.create_optimizer(config, 1), jax.random.key(0),
-                                    (28, 28, 1))
-    state, epoch = checkpoints.restore_latest(manager, like)
+    like = train.create_train_state(model, optimizers.create_optimizer(config, 1),
+                                    jax.random.key(0), (28, 28, 1))
+    state, epoch = checkpoints.restore_train_state(manager, like)
     assert epoch == 2
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params))
 
 
 @pytest.mark.parametrize('overrides, message', [
-    ({'method': 'lmtt'}, "unknown method 'lmtt'; allowed: plain, lmt, lc_lmt"),
-    ({'model': 'resnet9'}, "unknown model 'resnet9'"),
+    ({'method': 'lmtt'}, "unknown config.method 'lmtt'; allowed: plain, lmt, lc_lmt"),
+    ({'model': 'resnet9'}, "unknown config.model 'resnet9'; allowed: mlp, wrn"),
     ({'epsilon': -0.5}, 'epsilon must be a finite number >= 0, got -0.5'),
     ({'epsilon': float('nan')}, 'epsilon must be a finite number >= 0'),
     ({'batch_size': 102}, 'batch_size=102 is not divisible by the device count 4'),
-    ({'optimizer': 'adagrad'}, "unknown optimizer 'adagrad'"),
+    ({'optimizer': 'adamm'}, "unknown config.optimizer 'adamm'; allowed: adabelief"),
+    ({'schedule': 'linear'}, "unknown config.schedule 'linear'; allowed: constant, cosine, step"),
+    ({'learning_rate': 0.0}, 'learning_rate must be a finite number > 0, got 0.0'),
+    ({'evaluators': ('certificates', 'pgd')}, "unknown evaluator 'pgd'"),
+    ({'checkpoint_every_epochs': 0}, 'checkpoint_every_epochs must be a positive integer, got 0'),
     ({'epsilon_warmup_epochs': -1}, 'epsilon_warmup_epochs must be a finite number >= 0'),
 ])
 def test_bad_config_is_one_clear_line_before_any_work(tmp_path, overrides, message):
@@ -114,7 +132,7 @@ def test_bad_data_is_one_clear_line(tmp_path, data_overrides, message):
     config = embedded_config()
     config.data.update(data_overrides)
     with pytest.raises(ValueError, match=message):
-        configs.validate_config(config)
+        validation.validate_config(config)
 
 
 def test_launch_reports_bad_input_in_one_line_and_exits_non_zero(tmp_path):
@@ -136,42 +154,53 @@ def test_host_pipeline_trains_like_the_device_pipeline(tmp_path):
     host_state = train.train_and_evaluate(on_host, str(tmp_path / 'host'))
     chex.assert_trees_all_close(jax.device_get(device_state.params),
                                 jax.device_get(host_state.params), rtol=1e-4, atol=1e-6)
-    device_records = writers.read_metrics(str(tmp_path / 'device'))
-    host_records = writers.read_metrics(str(tmp_path / 'host'))
+    device_records = run_files.read_metrics(str(tmp_path / 'device'))
+    host_records = run_files.read_metrics(str(tmp_path / 'host'))
     for key in ('train_loss', 'test_accuracy', 'test_margin', 'lipschitz'):
         np.testing.assert_allclose(host_records[-1][key], device_records[-1][key], rtol=1e-4)
-
-
-def test_epsilon_warmup_ramps_linearly_then_holds():
-    config = embedded_config(epsilon=0.5, epsilon_warmup_epochs=2)
-    epsilon_at = train.epsilon_schedule(config, steps_per_epoch=10)
-    np.testing.assert_allclose([float(epsilon_at(s)) for s in (0, 5, 10, 20, 1000)],
-                               [0.0, 0.125, 0.25, 0.5, 0.5], rtol=1e-6)
-    constant = train.epsilon_schedule(embedded_config(epsilon=0.5), steps_per_epoch=10)
-    assert float(constant(0)) == float(constant(1000)) == 0.5
 
 
 def test_warmup_starts_lc_lmt_from_the_plain_loss(embedded):
     """At step 0 of a warm-up the loss's epsilon is 0: LC-LMT's first step is plain training."""
     images, labels = embedded.train_images[:100], embedded.train_labels[:100]
-    losses = {}
+    first_loss = {}
     for method, warmup in (('plain', 0.0), ('lc_lmt', 5.0), ('lc_lmt', 0.0)):
         config = embedded_config(method=method, epsilon_warmup_epochs=warmup)
-        mesh = train.make_mesh()
         model = models.create_model(config, embedded.num_classes)
-        tx = train.create_optimizer(config, 1)
-        state = input_pipeline.replicate(
-            mesh, train.create_train_state(model, tx, jax.random.key(0), (28, 28, 1)))
-        step = train.make_train_step(model, tx, config, mesh, steps_per_epoch=1)
-        metrics = input_pipeline.replicate(mesh, train.empty_epoch_metrics())
-        _, metrics = step(state, metrics, *input_pipeline.to_global_batch(mesh, (images, labels)))
-        losses[method, warmup] = float(metrics.loss_sum)
-    np.testing.assert_allclose(losses['lc_lmt', 5.0], losses['plain', 0.0], rtol=1e-6)
-    assert losses['lc_lmt', 0.0] > losses['plain', 0.0] + 0.1
+        tx = optimizers.create_optimizer(config, 1)
+        state = train.create_train_state(model, tx, jax.random.key(0), (28, 28, 1))
+        step = jax.jit(train.make_train_step(model, config, steps_per_epoch=1))
+        _, metrics = step(state, images, labels)
+        first_loss[method, warmup] = float(metrics.loss.compute())
+    np.testing.assert_allclose(first_loss['lc_lmt', 5.0], first_loss['plain', 0.0], rtol=1e-6)
+    assert first_loss['lc_lmt', 0.0] > first_loss['plain', 0.0] + 0.1
+
+
+def test_the_epoch_compiles_once_for_the_whole_run(embedded, monkeypatch):
+    """The jitted epoch is traced once (chex.assert_max_traces on the step it scans): no
+    recompiles across epochs."""
+    make_step = train.make_train_step
+    chex.clear_trace_counter()
+    monkeypatch.setattr(train, 'make_train_step', lambda *args: chex.assert_max_traces(
+        make_step(*args), n=1))
+    config = embedded_config()
+    mesh = train.make_mesh()
+    model = models.create_model(config, embedded.num_classes)
+    state = input_pipeline.replicate(mesh, train.create_train_state(
+        model, optimizers.create_optimizer(config, 4), jax.random.key(0), (28, 28, 1)))
+    images, labels = embedded.train_images[:400], embedded.train_labels[:400]
+    arrays = input_pipeline.replicate(mesh, (images, labels))
+    epoch = train.make_train_epoch(model, config, mesh, len(labels))
+    for index in range(1, 4):
+        state, metrics = epoch(state, *arrays, input_pipeline.epoch_key(0, index))
+    assert int(state.step) == 12 and int(metrics.loss.count) == 4
+    with pytest.raises(AssertionError, match='traced > 1 times'):  # a retrace would be caught
+        epoch(state, *input_pipeline.replicate(mesh, (images[:200], labels[:200])),
+              input_pipeline.epoch_key(0, 4))
 
 
 def test_metrics_record_the_warmed_up_epsilon(tmp_path):
     train.train_and_evaluate(embedded_config(num_epochs=2, epsilon_warmup_epochs=4),
                              str(tmp_path))
-    records = writers.read_metrics(str(tmp_path))
+    records = run_files.read_metrics(str(tmp_path))
     np.testing.assert_allclose([r['train_epsilon'] for r in records], [0.25, 0.5], rtol=1e-6)

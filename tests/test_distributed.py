@@ -18,13 +18,17 @@ import time
 
 import chex
 import jax
+import numpy as np
 import pytest
 
 import lclmt_jax
-from lclmt_jax import distributed, train, writers
+from lclmt_jax import distributed, run_files, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 2
+# LMT: the loss has no discrete choice (LC-LMT's runner-up), so float summation order, which
+# differs between one process and two, cannot flip a step's gradient.
+METHOD = 'lmt'
 TIMEOUT_S = 240
 _CLUSTER_VARIABLES = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID',
                       'SLURM_LOCALID', 'OMPI_MCA_orte_hnp_uri', 'OMPI_COMM_WORLD_SIZE',
@@ -54,7 +58,8 @@ def _launch_processes(workdir, log_dir, launcher, num_processes=2, devices_per_p
     try:
         for index in range(num_processes):
             args = [sys.executable, 'launch.py', '--config=experiments/mnist_lc.py:embedded',
-                    f'--workdir={workdir}', f'--config.num_epochs={EPOCHS}']
+                    f'--workdir={workdir}', f'--config.num_epochs={EPOCHS}',
+                    f'--config.method={METHOD}']
             process_env = dict(env)
             if launcher == 'flags':
                 args += [f'--coordinator_address=localhost:{port}',
@@ -93,7 +98,7 @@ def one_process_run(tmp_path_factory):
     """The reference: one process with all 4 (faked) devices, the device pipeline."""
     assert jax.device_count() == 4
     workdir = str(tmp_path_factory.mktemp('one_process'))
-    train.train_and_evaluate(_mnist_lc_embedded(num_epochs=EPOCHS), workdir)
+    train.train_and_evaluate(_mnist_lc_embedded(num_epochs=EPOCHS, method=METHOD), workdir)
     return workdir
 
 
@@ -107,16 +112,20 @@ def test_two_processes_train_like_one_process_with_all_devices(tmp_path, one_pro
 
     multi, single = lclmt_jax.restore(multi_dir), lclmt_jax.restore(one_process_run)
     assert multi.epoch == single.epoch == EPOCHS
-    chex.assert_trees_all_close(multi.params, single.params, rtol=1e-4, atol=1e-6)
-    # The power-iteration vectors are unit vectors: entries near 0 differ by ~1e-6 absolutely.
-    chex.assert_trees_all_close(multi.model_state, single.model_state, rtol=1e-4, atol=1e-5)
+    # One process and two partition the sums differently (~1e-7 per step); 80 Adam steps, which
+    # normalise small gradients, grow that to ~1e-5 of each array's norm. A process that trained
+    # on other rows, or without the other's gradients, is off by > 1e-2.
+    for ours, theirs in zip(jax.tree.leaves((multi.params, multi.model_state)),
+                            jax.tree.leaves((single.params, single.model_state)), strict=True):
+        ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+        assert np.linalg.norm(ours - theirs) <= 1e-4 * np.linalg.norm(theirs)
 
     # Only process 0 wrote metrics (one record per epoch, not one per process) and printed them.
-    records = writers.read_metrics(multi_dir)
+    records = run_files.read_metrics(multi_dir)
     assert [r['epoch'] for r in records] == list(range(1, EPOCHS + 1))
     for key in ('train_loss', 'test_accuracy', 'test_margin'):
         chex.assert_trees_all_close(records[-1][key],
-                                    writers.read_metrics(one_process_run)[-1][key], rtol=1e-4)
+                                    run_files.read_metrics(one_process_run)[-1][key], rtol=1e-4)
     assert len(os.listdir(os.path.join(multi_dir, 'tensorboard'))) == 1
     assert f'epoch   {EPOCHS}/{EPOCHS}' in logs[0] and 'epoch ' not in logs[1]
     # Both processes took part in the collective checkpoint (orbax writes one shard per process).

@@ -14,7 +14,7 @@ import chex
 import pytest
 
 import lclmt_jax
-from lclmt_jax import checkpoints, configs, train, writers
+from lclmt_jax import checkpoints, configs, run_files, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 8
@@ -76,5 +76,5 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert resumed.epoch == whole.epoch == EPOCHS
     chex.assert_trees_all_equal(resumed.params, whole.params)
     chex.assert_trees_all_equal(resumed.model_state, whole.model_state)
-    epochs = [record['epoch'] for record in writers.read_metrics(workdir)]
+    epochs = [record['epoch'] for record in run_files.read_metrics(workdir)]
     assert epochs == list(range(1, EPOCHS + 1))

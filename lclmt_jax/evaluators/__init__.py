@@ -1,0 +1,83 @@
+"""Evaluations of a trained run, by name (``config.evaluators``): each a one-file plugin.
+
+An evaluator is a function ``(Context) -> Result`` registered with ``@EVALUATORS.register``
+in a module of this package. ``--mode=evaluate``, ``--mode=compare`` and sweeps run the
+configured evaluators in order and never need to know what they compute: every result is named
+scalars (``evaluation.json``, the comparison tables), accuracy-vs-radius curves
+(``curves.csv`` and the figures), per-example columns (``per_example.csv``) and optional figures
+of its own.
+
+The :class:`Context` shares what several evaluators need, computed once: the restored model,
+the test points, float64 logits and the sound certified radii. An evaluator that attacks the
+certified points reports ``scalars['broken_certificates']``: a certified point the attack broke
+inside its radius, which means a bound is wrong and makes the evaluation fail.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+from lclmt_jax import certify
+from lclmt_jax.registry import Registry
+from lclmt_jax.restored import RestoredModel
+
+
+class Curve(NamedTuple):
+    """Accuracy as a function of the L2 radius: a sound lower bound or an empirical upper one."""
+
+    accuracy_at: Callable[[np.ndarray], np.ndarray]
+    bound: str  # 'lower' (a certificate) or 'upper' (an attack)
+    label: str
+
+
+class Result(NamedTuple):
+    """What one evaluator found.
+
+    Attributes:
+      scalars: name -> number, e.g. ``certified_pairwise@0.3``.
+      curves: name -> :class:`Curve`, drawn on the evaluation's common radius grid.
+      per_example: column name -> one value per test point.
+      max_radius: the largest radius this evaluator wants drawn (0: no preference).
+      figures: file name -> function drawing that figure into the given path.
+    """
+
+    scalars: dict[str, float]
+    curves: dict[str, Curve] = {}
+    per_example: dict[str, np.ndarray] = {}
+    max_radius: float = 0.0
+    figures: dict[str, Callable[[str], None]] = {}
+
+
+class Context:
+    """The restored run and its test points, with the values several evaluators share."""
+
+    def __init__(self, restored: RestoredModel, images: np.ndarray, labels: np.ndarray):
+        self.restored = restored
+        self.config = restored.config
+        self.images = images
+        self.labels = labels
+        self._radii: dict[str, np.ndarray] = {}
+
+    @functools.cached_property
+    def logits64(self) -> np.ndarray:
+        """Eval-mode logits in float64, as the certificates use them."""
+        return certify.logits_float64(self.restored.model, self.restored.variables, self.images)
+
+    @functools.cached_property
+    def correct(self) -> np.ndarray:
+        return np.argmax(self.logits64, axis=1) == self.labels
+
+    def radii(self, certificate: str) -> np.ndarray:
+        """Sound certified radius per test point with ``certificate`` (``certify``), cached."""
+        if certificate not in self._radii:
+            self._radii[certificate] = certify.certified_radii(
+                self.logits64, self.labels, self.restored.sound_bounds, certificate)
+        return self._radii[certificate]
+
+
+Evaluator = Callable[[Context], Result]
+EVALUATORS: Registry[Evaluator] = Registry('evaluator', package=__name__)

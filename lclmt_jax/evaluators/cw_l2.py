@@ -1,0 +1,39 @@
+"""``cw_l2``: the Carlini-Wagner L2 attack on every test point, and the soundness self-check."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lclmt_jax import attacks, certify
+from lclmt_jax.evaluators import EVALUATORS, Context, Curve, Result
+
+
+@EVALUATORS.register('cw_l2')
+def cw_l2(context: Context) -> Result:
+    """Accuracy under attack at ``config.evaluation.epsilons``, and broken certificates.
+
+    The attack's minimal norms are upper bounds on each point's distance to a misclassified
+    point, so the curve is an empirical upper bound on robust accuracy; a certified point whose
+    norm is below its certified radius is a broken certificate (``config.certificate``'s count is
+    the self-check, ``broken_certificates_both`` counts both certificates).
+    """
+    config = context.config
+    norms = attacks.cw_l2_min_norms(context.restored.logits, context.images, context.labels,
+                                    attacks.CWConfig(**dict(config.attack)))
+    correct = context.correct
+    broken = {name: len(certify.broken_certificates(context.radii(name), correct, norms))
+              for name in certify.CERTIFICATES}
+    accuracies = attacks.accuracy_under_attack(norms, config.evaluation.epsilons)
+    scalars = {f'attack@{eps:g}': float(accuracy)
+               for eps, accuracy in zip(config.evaluation.epsilons, accuracies, strict=True)}
+    scalars.update({
+        'attack_success_rate': float(np.isfinite(norms[correct]).mean()) if correct.any() else 0.,
+        'median_attack_norm': float(np.median(norms[correct])) if correct.any() else 0.,
+        'broken_certificates': broken[config.certificate],
+        'broken_certificates_both': sum(broken.values()),
+    })
+    finite = norms[np.isfinite(norms)]
+    curve = Curve(lambda grid: attacks.accuracy_under_attack(norms, grid), 'upper',
+                  'CW-L2 attack (upper bound)')
+    return Result(scalars, {'attack': curve}, {'attack_norm': norms},
+                  max_radius=1.1 * float(finite.max()) if finite.size else 0.0)

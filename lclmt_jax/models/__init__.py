@@ -1,0 +1,90 @@
+"""Networks built from Lipschitz-carrying layers, by name (``config.model``).
+
+Every model maps NHWC images in [0, 1] to a :class:`ModelOutput`: the logits and the bounds the
+trainer and the certificate need, computed in the same forward pass. A model ends in
+:func:`lipschitz_head`, which is how it declares its head: the pairwise constants
+K_tj = |w_t - w_j|·L_body (``lclmt_jax.margins``) read the head's kernel and the body's bound
+from the output, whatever the network is.
+
+Adding a model is one file in this package: a Flax module registered with ``@MODELS.register``,
+whose fields are its settings. ``config.<name>`` (a ConfigDict of some of those fields, optional)
+sets them; the number of classes comes from the dataset. Bounds compose by the rules of
+``lclmt_jax.bounds`` (chain: product; residual: sum; BN folded into a conv).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lclmt_jax.layers import LipschitzDense
+from lclmt_jax.registry import Registry
+
+Array = jax.Array
+
+MODELS: Registry[type[nn.Module]] = Registry('model', package=__name__)
+
+# Fields every model receives from the trainer rather than from ``config.<model>``.
+_TRAINER_FIELDS = ('num_classes', 'power_iterations')
+
+
+class ModelOutput(NamedTuple):
+    """Logits, a bound L of x -> logits, the bound L_body of x -> head input, the head's kernel.
+
+    L = L_body·|head_kernel|_2. With ``sound=True`` the bounds are guaranteed float64 upper
+    bounds; otherwise training estimates.
+    """
+
+    logits: Array
+    lipschitz: Array
+    body_lipschitz: Array
+    head_kernel: Array
+
+
+def lipschitz_head(h: Array, body_lipschitz: Any, num_classes: int, *, train: bool,
+                   sound: bool, power_iterations: int = 1) -> ModelOutput:
+    """The dense ``'head'`` on the body's features ``h``, and the whole network's output.
+
+    Call it last inside a model's ``@nn.compact __call__``.
+    """
+    head = LipschitzDense(num_classes, power_iterations=power_iterations, name='head')
+    logits, head_bound = head(h, train=train, sound=sound)
+    return ModelOutput(logits, body_lipschitz * head_bound, body_lipschitz,
+                       head.variables['params']['kernel'])
+
+
+def model_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The fields ``config.<config.model>`` sets, checked against the model's own fields."""
+    model_class = MODELS.get(config.model, 'config.model')
+    section = config.get(config.model, None)
+    settings = dict(section) if section is not None else {}
+    allowed = [field.name for field in dataclasses.fields(model_class)
+               if field.init and field.name not in ('parent', 'name', *_TRAINER_FIELDS)]
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise ValueError(f'config.{config.model}.{unknown[0]} is not a setting of model '
+                         f'{config.model!r}; allowed: {", ".join(allowed)}')
+    return settings
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+    """The network named by ``config.model``, set up by ``config.<model>``, for ``num_classes``."""
+    model_class = MODELS.get(config.model, 'config.model')
+    trainer = {'num_classes': num_classes}
+    if 'power_iterations' in {field.name for field in dataclasses.fields(model_class)}:
+        trainer['power_iterations'] = int(config.get('power_iterations', 1))
+    return model_class(**model_settings(config), **trainer)
+
+
+def init_variables(model: nn.Module, rng: Array, input_shape: Sequence[int]) -> dict:
+    """Initializes params, power-iteration vectors and BN statistics for (1, *input_shape) inputs.
+
+    Runs in eval mode (``train=False``).
+    """
+    return model.init({'params': rng}, jnp.zeros((1, *input_shape), jnp.float32))

@@ -1,0 +1,45 @@
+"""The paper's MNIST network: flatten, dense layers with an activation, dense head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+
+from lclmt_jax import bounds
+from lclmt_jax.activations import ACTIVATIONS
+from lclmt_jax.layers import LipschitzDense
+from lclmt_jax.models import MODELS, ModelOutput, lipschitz_head
+
+Array = jax.Array
+
+
+@MODELS.register('mlp')
+class MLP(nn.Module):
+    """Flatten, ``hidden_sizes`` dense layers each followed by ``activation``, dense head.
+
+    L_body = prod_k |W_k|_2·L_act (flatten is an isometry), L = L_body·|W_head|_2.
+    """
+
+    hidden_sizes: Sequence[int] = (100, 100, 100)
+    activation: str = 'relu'
+    num_classes: int = 10
+    power_iterations: int = 1
+
+    def __post_init__(self):
+        ACTIVATIONS.get(self.activation, 'activation')
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False, sound: bool = False) -> ModelOutput:
+        activation = ACTIVATIONS.get(self.activation)
+        h = x.reshape((x.shape[0], -1))
+        body_lipschitz = 1.0
+        for width in self.hidden_sizes:
+            h, layer_bound = LipschitzDense(width, power_iterations=self.power_iterations)(
+                h, train=train, sound=sound)
+            h, activation_bound = activation(h)
+            body_lipschitz = bounds.chain(body_lipschitz, layer_bound, activation_bound)
+        return lipschitz_head(h, body_lipschitz, self.num_classes, train=train, sound=sound,
+                              power_iterations=self.power_iterations)

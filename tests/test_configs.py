@@ -1,0 +1,91 @@
+"""The config schema: experiment files load and validate, and reading one needs no JAX."""
+
+import glob
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lclmt_jax import configs, losses, models, run_files, validation
+
+EXPERIMENTS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), '..', 'experiments',
+                                            '*.py')))
+
+
+def _load(path):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _validate(config, tmp_path):
+    """validate_config, with an npz path (a file a script writes, absent in CI) made to exist."""
+    if config.data.source == 'npz':
+        config.data.path = str(tmp_path / os.path.basename(config.data.path))
+        open(config.data.path, 'wb').close()
+    validation.validate_config(config, num_devices=1)
+
+
+@pytest.mark.parametrize('path', EXPERIMENTS, ids=os.path.basename)
+def test_experiment_configs_validate(path, tmp_path):
+    module = _load(path)
+    assert 'launch.py' in module.__doc__  # the docstring says how to run it
+    config = module.get_config()
+    _validate(config, tmp_path)
+    assert config.method in losses.METHODS and config.model in models.MODELS
+    for member in getattr(module, 'get_sweep', lambda variant: [])(''):
+        member_config = module.get_config()
+        member_config.update(member)
+        _validate(member_config, tmp_path)
+
+
+def test_method_and_model_of_the_named_experiments():
+    expected = {'mnist_lc': ('lc_lmt', 'mlp'), 'mnist_lmt': ('lmt', 'mlp'),
+                'mnist_plain': ('plain', 'mlp'), 'svhn_lc': ('lc_lmt', 'wrn'),
+                'svhn_lmt': ('lmt', 'wrn'), 'svhn_plain': ('plain', 'wrn')}
+    for name, (method, model) in expected.items():
+        config = _load(os.path.join(os.path.dirname(EXPERIMENTS[0]), f'{name}.py')).get_config()
+        assert (config.method, config.model) == (method, model)
+    svhn = _load(os.path.join(os.path.dirname(EXPERIMENTS[0]), 'svhn_lc.py')).get_config()
+    assert (svhn.wrn.depth, svhn.wrn.width, svhn.data.name) == (16, 4, 'svhn_cropped')
+
+
+def test_reading_a_config_imports_no_jax_and_no_model_code():
+    code = ('import sys, importlib.util as u; spec = u.spec_from_file_location("e", sys.argv[1]); '
+            'm = u.module_from_spec(spec); spec.loader.exec_module(m); c = m.get_config("idx"); '
+            'print(c.method, sorted(k for k in ("jax", "flax", "lclmt_jax.models") '
+            'if k in sys.modules))')
+    path = os.path.join(os.path.dirname(EXPERIMENTS[0]), 'mnist_lc.py')
+    out = subprocess.run([sys.executable, '-c', code, path], capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(os.path.dirname(path)))
+    assert out.stdout.split() == ['lc_lmt', '[]']
+
+
+def test_an_unknown_variant_names_the_allowed_ones():
+    with pytest.raises(ValueError, match="unknown config variant 'foo'; allowed:"):
+        configs.mnist_variant(configs.default_config(), 'foo')
+    with pytest.raises(ValueError, match="unknown config variant 'foo'; allowed:"):
+        configs.svhn_variant(configs.default_config(), 'foo')
+
+
+def test_optimizer_settings_reach_optax_and_bad_ones_are_one_line():
+    config = configs.svhn_variant(configs.default_config(), 'smoke')
+    assert (config.optimizer, dict(config.optimizer_kwargs)) == (
+        'sgd', {'momentum': 0.9, 'nesterov': True})
+    validation.validate_config(config, num_devices=1)
+    config.optimizer_kwargs.betas = 0.9
+    with pytest.raises(ValueError, match='do not fit optax.sgd'):
+        validation.validate_config(config, num_devices=1)
+
+
+def test_a_saved_config_reads_back_over_todays_defaults():
+    config = configs.svhn_variant(configs.default_config(), 'smoke')
+    saved = run_files.config_as_dict(config)
+    del saved['evaluators']  # as if saved before the field existed
+    restored = run_files.config_from_dict(saved)
+    assert restored.evaluators == configs.default_config().evaluators
+    assert restored.evaluation.epsilons == config.evaluation.epsilons  # a tuple again
+    assert restored.wrn.depth == 10 and restored.optimizer_kwargs.nesterov

@@ -1,0 +1,72 @@
+"""Training methods on hand-made logits: what each inflates, and the epsilon schedule."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from lclmt_jax import losses, margins
+from lclmt_jax.models import ModelOutput
+
+LOGITS = jnp.array([[3.0, 1.0, 2.0, -1.0],
+                    [0.0, 5.0, 5.0, 1.0],   # tie for the runner-up of class 0: first index (1)
+                    [4.0, 4.0, 0.0, 0.0]])  # true class 1 ties with class 0
+LABELS = jnp.array([0, 0, 1])
+REQUIRED = jnp.float32(0.5)
+GAPS = margins.global_gaps(REQUIRED / np.sqrt(2), 1.0, LABELS, 4)  # 0.5 but at the true class
+
+
+def _method(name):
+    return losses.METHODS.get(name)
+
+
+def test_plain_leaves_logits_alone():
+    chex.assert_trees_all_equal(_method('plain').inflate(LOGITS, LABELS, GAPS), LOGITS)
+
+
+def test_lmt_raises_every_wrong_logit_and_never_the_true_one():
+    out = _method('lmt').inflate(LOGITS, LABELS, GAPS)
+    expected = LOGITS + REQUIRED * (1 - jnp.eye(4)[LABELS])
+    chex.assert_trees_all_close(out, expected)
+    np.testing.assert_array_equal(out[np.arange(3), LABELS], LOGITS[np.arange(3), LABELS])
+
+
+def test_lc_lmt_raises_only_the_runner_up():
+    out = _method('lc_lmt').inflate(LOGITS, LABELS, GAPS)
+    changed = np.asarray(out != LOGITS)
+    np.testing.assert_array_equal(changed, [[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0]])
+    chex.assert_trees_all_close(out[changed], LOGITS[changed] + REQUIRED)
+
+
+def test_lc_lmt_with_pairwise_gaps_raises_the_binding_class_by_its_own_gap():
+    """v = argmax_{j != t} f_j + R_j: a lower logit with a larger gap can be the binding one."""
+    gaps = jnp.array([[0.0, 3.0, 0.5, 0.2]])
+    out = _method('lc_lmt').inflate(LOGITS[:1], LABELS[:1], gaps)
+    chex.assert_trees_all_close(out, jnp.array([[3.0, 4.0, 2.0, -1.0]]))  # class 1: 1 + 3 > 2.5
+
+
+def test_methods_are_found_by_name_and_unknown_ones_list_the_allowed():
+    assert {'plain', 'lmt', 'lc_lmt'} <= set(losses.METHODS.names())
+    with pytest.raises(ValueError, match="unknown config.method 'lmtt'; allowed: plain, lmt"):
+        losses.METHODS.get('lmtt', 'config.method')
+
+
+def test_method_loss_is_cross_entropy_of_the_inflated_logits_with_global_gaps():
+    output = ModelOutput(LOGITS, jnp.float32(2.0), jnp.float32(1.0), jnp.eye(4))
+    expected_logits = LOGITS + np.sqrt(2) * 2.0 * 0.25 * (1 - jnp.eye(4)[LABELS])
+    expected = optax.softmax_cross_entropy_with_integer_labels(expected_logits, LABELS).mean()
+    chex.assert_trees_all_close(losses.method_loss(_method('lmt'), output, LABELS, 0.25),
+                                expected, rtol=1e-6)
+
+
+def test_epsilon_warmup_ramps_linearly_then_holds():
+    config = ml_collections.ConfigDict({'epsilon': 0.8, 'epsilon_warmup_epochs': 2.0})
+    schedule = losses.epsilon_schedule(config, steps_per_epoch=10)
+    np.testing.assert_allclose([float(schedule(s)) for s in (0, 5, 10, 20, 25, 1000)],
+                               [0.0, 0.2, 0.4, 0.8, 0.8, 0.8], rtol=1e-6)
+    config.epsilon_warmup_epochs = 0.0
+    assert float(losses.epsilon_schedule(config, 10)(0)) == pytest.approx(0.8)
+    assert float(jax.jit(schedule)(jnp.int32(15))) == pytest.approx(0.6)
