@@ -32,6 +32,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.model = 'mlp'
     config.mlp = ml_collections.ConfigDict()
     config.mlp.hidden_sizes = (100, 100, 100)
+    config.mlp.activation = 'relu'  # an activation of lclmt_jax.activations.ACTIVATIONS
 
     config.num_epochs = 100
     config.batch_size = 100  # global batch, split evenly over all devices
