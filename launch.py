@@ -45,6 +45,51 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process: 0 .. num_p
 flags.mark_flag_as_required('workdir')
 
 
+def one_line(error: BaseException) -> str:
+    """An error as one line: its message if that is one line, else the message's last line (the
+    cause, in ml_collections' and absl's multi-line reports)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    line = lines[-1] if lines else type(error).__name__
+    return line.removeprefix('ValueError: ')
+
+
+def _unknown_override(argv: list[str]) -> str | None:
+    """The first ``--config.FIELD=...`` of ``argv`` that names no field of the config, or None."""
+    from lclmt_jax import configs  # ml_collections only
+
+    files = [arg.split('=', 1)[1] for arg in argv if arg.startswith('--config=')]
+    if not files:
+        return None
+    path, variant = configs.split_config_file(files[-1])
+    config = configs.load_config_module(path).get_config(variant)
+    for arg in argv:
+        if arg.startswith('--config.'):
+            key = arg[len('--config.'):].split('=', 1)[0]
+            try:
+                configs.check_field(config, key, f'--config.{key}')
+            except ValueError as error:
+                return str(error)
+    return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing with every failure as one line and exit status 1.
+
+    A config file runs arbitrary code while the flags are parsed (an unknown variant raises in
+    its ``get_config``), and ml_collections reports unknown fields and wrong types as exceptions
+    of its own: none of them is worth a traceback.
+    """
+    try:
+        return flags.FLAGS(argv)
+    except Exception as error:  # noqa: BLE001 -- any failure here is a bad command line
+        try:
+            message = _unknown_override(argv) or one_line(error)
+        except Exception:  # noqa: BLE001 -- the file itself is broken: report the first error
+            message = one_line(error)
+        print(f'error: {message}', file=sys.stderr)
+        sys.exit(1)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -72,11 +117,11 @@ def main(argv: list[str]) -> None:
             if not _RUNS.value:
                 raise ValueError('--runs=DIR1,DIR2,... is required in compare mode')
             evaluate.compare_runs(_RUNS.value, _WORKDIR.value)
-    except (ValueError, FileNotFoundError, train.NonFiniteLossError,
-            evaluate.BrokenCertificateError, sweeps.SweepError) as error:
-        print(f'error: {error}', file=sys.stderr)
+    except (ValueError, OSError, train.NonFiniteLossError, evaluate.BrokenCertificateError,
+            sweeps.SweepError) as error:
+        print(f'error: {one_line(error)}', file=sys.stderr)
         sys.exit(1)
 
 
 if __name__ == '__main__':
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -15,12 +15,11 @@ over 2 epochs: plain; LC-LMT and LMT at eps = 1/255 and 0.2/255 (the paper's 1.0
 
 import ml_collections
 
-from lclmt_jax.configs import SVHN_PIXEL, default_config, svhn_variant
+from lclmt_jax.configs import SVHN_PIXEL, check_variant, default_config, svhn_variant
 
 
 def get_config(variant: str = ''):
-    if variant:
-        raise ValueError(f'unknown config variant {variant!r}; allowed: none')
+    check_variant(variant, ('',))
     config = svhn_variant(default_config(), 'smoke')
     config.data.source = 'npz'
     config.data.path = 'runs/svhn_standin.npz'

@@ -9,27 +9,93 @@ optimizer.
 The data order and every random draw of epoch e are derived from (seed, e), so restoring the
 state saved after epoch e and continuing from e + 1 reproduces an uninterrupted run exactly.
 
-A checkpoint that cannot be read (truncated files after a full disk or an interrupted copy) is
-never deleted or overwritten: it is moved aside to ``<epoch>.damaged`` with a one-line warning,
-and the newest checkpoint that restores is used instead.
+Once a save has finished, process 0 writes a manifest (``lclmt_manifest.json``: every file's
+size and SHA-256) into the checkpoint. Before a checkpoint is restored its files are checked
+against the manifest, so a truncated or altered file (a full disk, an interrupted copy) is found
+without handing broken data to the storage layer; a checkpoint without a manifest (a run killed
+between the two writes) is tried as it is. A damaged checkpoint is never deleted or overwritten:
+it is moved aside to ``<epoch>.damaged`` with a one-line warning, and the newest checkpoint that
+restores is used instead.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import orbax.checkpoint as ocp
-from absl import logging
 
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_SUFFIX = '.damaged'
+MANIFEST = 'lclmt_manifest.json'
 
 
 class NoCheckpointError(FileNotFoundError):
     """A workdir holds no checkpoint that restores."""
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint's files do not match its manifest."""
+
+
+def _first_line(error: Exception) -> str:
+    """``Type: first line of the message`` (at most 200 characters), for one-line reports."""
+    message = (str(error).strip().splitlines() or [''])[0][:200]
+    return f'{type(error).__name__}: {message}' if message else type(error).__name__
+
+
+def _digest(path: str) -> str:
+    sha = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _files(directory: str) -> list[str]:
+    """Every file below ``directory`` (relative paths), the manifest excepted."""
+    return sorted(os.path.relpath(os.path.join(root, name), directory)
+                  for root, _, names in os.walk(directory) for name in names
+                  if name != MANIFEST or root != directory)
+
+
+def write_manifest(directory: str) -> None:
+    """Records every file's size and SHA-256 in ``directory/lclmt_manifest.json``."""
+    manifest = {name: [os.path.getsize(os.path.join(directory, name)),
+                       _digest(os.path.join(directory, name))] for name in _files(directory)}
+    temporary = os.path.join(directory, MANIFEST + '.tmp')
+    with open(temporary, 'w') as f:
+        json.dump(manifest, f)
+    os.replace(temporary, os.path.join(directory, MANIFEST))
+
+
+def verify(directory: str) -> bool:
+    """True when the files match the manifest, False when there is none to check against.
+
+    Raises DamagedCheckpointError naming the first file that is missing, truncated or altered.
+    """
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.exists(path):
+        return False
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as error:
+        raise DamagedCheckpointError(f'unreadable manifest ({_first_line(error)})') from None
+    for name, (size, digest) in manifest.items():
+        file = os.path.join(directory, name)
+        if not os.path.isfile(file):
+            raise DamagedCheckpointError(f'{name} is missing')
+        if os.path.getsize(file) != size:
+            raise DamagedCheckpointError(f'{name} has {os.path.getsize(file)} of its {size} bytes')
+        if _digest(file) != digest:
+            raise DamagedCheckpointError(f'{name} does not match its checksum')
+    return True
 
 
 def checkpoint_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
@@ -48,31 +114,41 @@ def save(manager: ocp.CheckpointManager, epoch: int, state: Any, config: dict,
         state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),
         run=ocp.args.JsonSave(run_info)), force=True)
     manager.wait_until_finished()
+    if jax.process_index() == 0:
+        write_manifest(step_directory(manager, epoch))
+
+
+def step_directory(manager: ocp.CheckpointManager, epoch: int) -> str:
+    """The directory of the checkpoint of ``epoch``."""
+    return os.path.join(str(manager.directory), str(epoch))
+
+
+def say(line: str) -> None:
+    """One line on stderr from process 0: what the user must know about their checkpoints."""
+    if jax.process_index() == 0:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _move_aside(manager: ocp.CheckpointManager, epoch: int, error: Exception) -> None:
     """Renames a damaged checkpoint to ``<epoch>.damaged`` (process 0) and warns in one line."""
-    path = os.path.join(str(manager.directory), str(epoch))
+    path = step_directory(manager, epoch)
     target = path + DAMAGED_SUFFIX
     if jax.process_index() == 0:
         suffix = 1
         while os.path.exists(target):
             target, suffix = f'{path}{DAMAGED_SUFFIX}{suffix}', suffix + 1
         os.rename(path, target)
-    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-    logging.warning('checkpoint %s is damaged (%s: %s); moved aside to %s', path,
-                    type(error).__name__, reason, target)
-    print(f'warning: checkpoint {path} is damaged ({type(error).__name__}: {reason}); '
-          f'moved aside to {target}', flush=True)
+    say(f'warning: checkpoint {path} is damaged ({_first_line(error)}); moved aside to {target}')
     manager.reload()
 
 
 def restore_newest(manager: ocp.CheckpointManager,
                    restore_epoch: Callable[[int], Any]) -> tuple[Any, int]:
-    """``(restore_epoch(e), e)`` for the newest epoch e whose checkpoint restores; ``(None, 0)``
-    when none does. Damaged checkpoints on the way are moved aside (never deleted)."""
+    """``(restore_epoch(e), e)`` for the newest epoch e whose checkpoint verifies and restores;
+    ``(None, 0)`` when none does. Damaged checkpoints on the way are moved aside."""
     for epoch in sorted(manager.all_steps(), reverse=True):
         try:
+            verify(step_directory(manager, epoch))
             return restore_epoch(epoch), int(epoch)
         except Exception as error:  # noqa: BLE001 -- any failure to read means damage
             _move_aside(manager, epoch, error)
@@ -128,12 +204,11 @@ def restore_variables(workdir: str, epoch: int | None = None) -> SavedModel:
                 raise NoCheckpointError(f'{workdir} has no checkpoint of epoch {epoch}; it has '
                                         f'{sorted(manager.all_steps()) or "none"}')
             try:
+                verify(step_directory(manager, epoch))
                 return _read_model(manager, epoch)
             except Exception as error:  # noqa: BLE001 -- explicit choice: report, keep it
-                raise NoCheckpointError(
-                    f'checkpoint of epoch {epoch} in {workdir} cannot be read '
-                    f'({type(error).__name__}: {str(error).strip().splitlines()[0][:200]})'
-                ) from None
+                raise NoCheckpointError(f'checkpoint of epoch {epoch} in {workdir} cannot be '
+                                        f'read ({_first_line(error)})') from None
         saved, _ = restore_newest(manager, lambda epoch: _read_model(manager, epoch))
         if saved is None:
             raise NoCheckpointError(f'no checkpoint in {workdir} restores; train it first')

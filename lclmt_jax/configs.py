@@ -9,6 +9,11 @@ registries of models, methods, data sources, optimizers and evaluators.
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
+import os
+import types
+
 import ml_collections
 
 
@@ -69,6 +74,13 @@ def default_config() -> ml_collections.ConfigDict:
 VARIANTS = ('', 'embedded', 'idx')
 
 
+def check_variant(variant: str, allowed: tuple[str, ...]) -> None:
+    """Raises ValueError naming the variants a config file has (``''``: none given)."""
+    if variant not in allowed:
+        names = ', '.join(repr(name) if name else "'' (none)" for name in allowed)
+        raise ValueError(f'unknown config variant {variant!r}; allowed: {names}')
+
+
 def mnist_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
     """Applies a short variant string (``file.py:variant``) to an MNIST experiment.
 
@@ -77,8 +89,7 @@ def mnist_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collect
     start (a few seconds on a CPU).
     ``idx``: the four original IDX files in ``config.data.path``.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f'unknown config variant {variant!r}; allowed: {VARIANTS}')
+    check_variant(variant, VARIANTS)
     if variant == 'embedded':
         config.data.source = 'embedded'
     elif variant == 'idx':
@@ -129,8 +140,7 @@ def svhn_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collecti
     pipeline: XLA:CPU runs the convolutions' weight gradients ~10-40x slower inside the device
     pipeline's ``lax.scan`` than in a jitted step.
     """
-    if variant not in SVHN_VARIANTS:
-        raise ValueError(f'unknown config variant {variant!r}; allowed: {SVHN_VARIANTS}')
+    check_variant(variant, SVHN_VARIANTS)
     config.data.source = 'tfds'
     config.data.name = 'svhn_cropped'
     config.model = 'wrn'
@@ -158,3 +168,36 @@ def svhn_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collecti
         config.data.pipeline = 'host'
     return config
 
+
+
+def split_config_file(config_file: str) -> tuple[str, str]:
+    """``'path.py:variant'`` -> ``('path.py', 'variant')``, as ``config_flags`` splits it."""
+    path, _, variant = config_file.partition(':')
+    return path, variant
+
+
+def load_config_module(path: str) -> types.ModuleType:
+    """Imports an experiment file (``get_config``, optionally ``get_sweep``) by its path."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'config file {path!r} not found')
+    spec = importlib.util.spec_from_file_location(
+        f'lclmt_config_{abs(hash(os.path.abspath(path)))}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_field(config: ml_collections.ConfigDict, key: str, what: str) -> None:
+    """Raises ValueError when the dotted ``key`` is not a field of ``config``, with the closest
+    existing name as a hint; ``what`` says who set it (a flag, a sweep member)."""
+    node = config
+    for depth, part in enumerate(key.split('.')):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            fields = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            prefix = '.'.join(key.split('.')[:depth] + [''])
+            close = difflib.get_close_matches(part, fields, n=1)
+            hint = (f"; did you mean '{prefix}{close[0]}'?" if close else
+                    f'; the fields of {prefix.rstrip(".") or "the config"}: {", ".join(fields)}'
+                    if fields else '')
+            raise ValueError(f'{what} sets {key!r}, which is not a config field{hint}')
+        node = node[part]

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
-import importlib.util
 import json
 import math
 import os
@@ -35,7 +33,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from lclmt_jax import checkpoints, evaluate, run_files, train, validation
+from lclmt_jax import checkpoints, configs, evaluate, run_files, train, validation
 
 # How a swept field shows up in a member's name; other fields use their last dotted component.
 SHORT_NAMES = {'epsilon': 'eps', 'learning_rate': 'lr', 'batch_size': 'bs', 'num_epochs': 'epochs',
@@ -94,39 +92,11 @@ def override_flags(overrides: Mapping[str, Any]) -> list[str]:
     return [f'--config.{key}={flag_value(value)}' for key, value in overrides.items()]
 
 
-def split_config_file(config_file: str) -> tuple[str, str]:
-    """``'path.py:variant'`` -> ``('path.py', 'variant')``, as ``config_flags`` splits it."""
-    path, _, variant = config_file.partition(':')
-    return path, variant
-
-
-def _load_module(path: str):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'config file {path!r} not found')
-    spec = importlib.util.spec_from_file_location(
-        f'lclmt_sweep_{abs(hash(os.path.abspath(path)))}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _check_field(config: ml_collections.ConfigDict, key: str, what: str) -> None:
-    node = config
-    for depth, part in enumerate(key.split('.')):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            fields = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-            prefix = '.'.join(key.split('.')[:depth] + [''])
-            close = difflib.get_close_matches(part, fields, n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ''
-            raise ValueError(f'{what} sets {key!r}, which is not a config field{hint}')
-        node = node[part]
-
-
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
                     what: str = 'override') -> ml_collections.ConfigDict:
     """A copy of ``config`` with dotted-key ``overrides`` set; unknown fields or types raise."""
     for key in overrides:
-        _check_field(config, key, what)
+        configs.check_field(config, key, what)
     config = copy.deepcopy(config)
     try:
         config.update_from_flattened_dict(dict(overrides))
@@ -158,8 +128,8 @@ class Sweep:
 
         ``overrides`` apply to every member; ``base``, when given, already includes them.
         """
-        path, variant = split_config_file(config_file)
-        module = _load_module(path)
+        path, variant = configs.split_config_file(config_file)
+        module = configs.load_config_module(path)
         if not callable(getattr(module, 'get_sweep', None)):
             raise ValueError(f'{path} declares no sweep: it needs a get_sweep(variant) returning '
                              'a list of override dicts')

@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 from clu import metrics as clu_metrics
 from flax.training import train_state
 from jax.sharding import NamedSharding
@@ -404,7 +403,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     state, start_epoch = checkpoints.restore_train_state(
         manager, input_pipeline.replicate(mesh, state))
     if start_epoch:
-        logging.warning('resuming from the checkpoint of epoch %d', start_epoch)
+        checkpoints.say(f'resuming from the checkpoint of epoch {start_epoch}')
     config_dict = run_files.config_as_dict(config)
     run_info = {'dataset': dataset.name, 'num_classes': dataset.num_classes,
                 'input_shape': list(input_shape)}

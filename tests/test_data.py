@@ -34,8 +34,8 @@ def idx_bytes(array: np.ndarray) -> bytes:
 
 def synthetic_split(rng: np.random.Generator, n: int, height: int = 5, width: int = 4):
     images = rng.integers(0, 256, size=(n, height, width), dtype=np.uint8)
-    labels = rng.integers(0, 10, size=(n,), dtype=np.uint8)
-    labels[0] = 9  # so that num_classes is inferred as 10
+    # every class once in a split of >= 10, so that num_classes is inferred as 10
+    labels = rng.permutation(np.arange(n) % 10).astype(np.uint8)
     return images, labels
 
 
@@ -183,7 +183,7 @@ def test_idx_missing_directory_or_file(tmp_path):
 
 def test_npz_round_trip(tmp_path):
     rng = np.random.default_rng(1)
-    x_train, y_train = synthetic_split(rng, 9, 28, 28)
+    x_train, y_train = synthetic_split(rng, 10, 28, 28)
     x_test, y_test = synthetic_split(rng, 4, 28, 28)
     path = tmp_path / 'my_mnist.npz'
     np.savez(path, x_train=x_train, y_train=y_train.astype(np.int64), x_test=x_test,

@@ -112,9 +112,21 @@ def infer_num_classes(*label_arrays: np.ndarray) -> int:
 
 def from_splits(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
                 name: str, num_classes: int | None = None) -> Dataset:
-    """A :class:`Dataset` from (images, labels) per split; classes inferred when not given."""
+    """A :class:`Dataset` from (images, labels) per split; classes inferred when not given.
+
+    Inferred classes are 0..max label, and each must occur in the train split: a stray large
+    label (a corrupted file) would otherwise silently add hundreds of empty classes.
+    """
+    for split, (images, _) in (('train', train), ('test', test)):
+        if len(images) == 0:
+            raise ValueError(f'{name}: the {split} split is empty')
     if num_classes is None:
         num_classes = infer_num_classes(train[1], test[1])
+        missing = np.setdiff1d(np.arange(num_classes), train[1])
+        if missing.size:
+            raise ValueError(f'{name}: the labels reach {num_classes - 1}, but {missing.size} of '
+                             f'the classes 0..{num_classes - 1} never occur in the train split '
+                             f'(e.g. {int(missing[0])}); labels must be class indices')
     return Dataset(train_images=train[0], train_labels=train[1], test_images=test[0],
                    test_labels=test[1], num_classes=num_classes, name=name)
 
