@@ -16,12 +16,12 @@ One shell command per member, for a cluster scheduler:
       --config.data.manual_dir=../shared/data/mnist
 """
 
-from lclmt_jax.configs import default_config, mnist_variant
+from lclmt_jax.configs import default_config, mnist_variant, paper_recipe
 
 
 def get_config(variant: str = ''):
     """The members' common config: the paper's MNIST MLP setup (LC-LMT at 1.0 until overridden)."""
-    return mnist_variant(default_config(), variant)
+    return paper_recipe(mnist_variant(default_config(), variant))
 
 
 def get_sweep(variant: str = ''):

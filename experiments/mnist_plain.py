@@ -1,7 +1,7 @@
 """Plain softmax cross-entropy (no inflation) on MNIST with the paper's 4-layer MLP.
 
-  python launch.py --config=experiments/mnist_plain.py --workdir=runs/mnist_plain \
-      --config.data.manual_dir=../shared/data/mnist
+  python launch.py --config=experiments/mnist_plain.py:idx --workdir=runs/mnist_plain \
+      --config.data.path=../shared/data/mnist
 Quick start on embedded data: --config=experiments/mnist_plain.py:embedded
 """
 

@@ -12,7 +12,7 @@ Variants: ``''`` (TFDS mnist), ``idx`` (original IDX files in --config.data.path
 (Fashion-MNIST IDX files, by default where Debian's dataset-fashion-mnist installs them).
 """
 
-from lclmt_jax.configs import default_config, mnist_variant
+from lclmt_jax.configs import default_config, mnist_variant, paper_recipe
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 
@@ -20,10 +20,10 @@ FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 def get_config(variant: str = ''):
     """The members' common config: the paper's MNIST MLP setup."""
     if variant == 'fashion':
-        config = mnist_variant(default_config(), 'idx')
+        config = paper_recipe(mnist_variant(default_config(), 'idx'))
         config.data.path = FASHION_MNIST_DIR
         return config
-    return mnist_variant(default_config(), variant)
+    return paper_recipe(mnist_variant(default_config(), variant))
 
 
 def get_sweep(variant: str = ''):

@@ -4,9 +4,10 @@
 ``lclmt_jax.bounds``:
 
 * ``sound=False`` (training): a differentiable *estimate* from power iteration with persistent
-  vectors kept in the ``'lipschitz'`` variable collection -- ``power_iterations`` steps per call,
-  kept when the collection is mutable and ``train=True``. Power iteration converges from *below*,
-  so this value steers training but certifies nothing.
+  vectors kept in the ``'lipschitz'`` variable collection, as ``bounds.Estimator`` says (steps per
+  call, a block of vectors, the exact norm of thin layers), kept when the collection is mutable
+  and ``train=True``. Power iteration converges from *below*, so this value steers training but
+  certifies nothing.
 * ``sound=True`` (certification): a guaranteed *upper* bound computed on the host in float64 from
   the concrete parameters (never under ``jit``).
 
@@ -40,11 +41,16 @@ def _keep_vector(module: nn.Module, train: bool) -> bool:
 
 
 class LipschitzDense(nn.Module):
-    """Fully connected layer ``y = x @ kernel + bias`` returning its Lipschitz bound |kernel|_2."""
+    """Fully connected layer ``y = x @ kernel + bias`` returning its Lipschitz bound |kernel|_2.
+
+    The training estimate follows ``estimator``: the exact norm for thin layers (smaller side
+    <= ``exact_below``), else a block of ``subspace_size`` vectors or a single one, advanced
+    ``power_iterations`` times per training call.
+    """
 
     features: int
     kernel_init: Any = nn.initializers.lecun_normal()
-    power_iterations: int = 1
+    estimator: bounds.Estimator = bounds.Estimator()
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, sound: bool = False):
@@ -53,10 +59,21 @@ class LipschitzDense(nn.Module):
         y = x @ kernel + bias
         if sound:
             return y, bounds.dense_upper_bound(kernel)
-        v = _power_iteration_vector(self, (x.shape[-1],))
-        sigma, v_new = bounds.dense_power_iteration(kernel, v.value, self.power_iterations)
+        estimator, size = self.estimator, min(kernel.shape)
+        if size <= estimator.exact_below:
+            return y, bounds.dense_exact_norm(kernel)
+        block = min(estimator.subspace_size, size)
+        if block > 1:
+            basis = self.variable('lipschitz', 'v', lambda: jnp.linalg.qr(jax.random.normal(
+                self.make_rng('params'), (x.shape[-1], block)))[0])
+            sigma, new = bounds.dense_subspace_iteration(kernel, basis.value,
+                                                         estimator.power_iterations)
+        else:
+            basis = _power_iteration_vector(self, (x.shape[-1],))
+            sigma, new = bounds.dense_power_iteration(kernel, basis.value,
+                                                      estimator.power_iterations)
         if _keep_vector(self, train):
-            v.value = v_new
+            basis.value = new
         return y, sigma
 
 
@@ -84,7 +101,7 @@ class LipschitzConv(nn.Module):
     padding: bounds.ConvPadding = 'SAME'
     use_bias: bool = True
     kernel_init: Any = nn.initializers.lecun_normal()
-    power_iterations: int = 1
+    estimator: bounds.Estimator = bounds.Estimator()
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, sound: bool = False,
@@ -106,7 +123,7 @@ class LipschitzConv(nn.Module):
             raise ValueError(f'{self.name}: initialized for inputs of shape {v.value.shape[1:]}, '
                              f'applied to {x.shape[1:]}; the bound depends on the input shape')
         sigma, v_new = bounds.conv_power_iteration(kernel, v.value, strides, pads, in_scale,
-                                                   out_scale, self.power_iterations)
+                                                   out_scale, self.estimator.power_iterations)
         if _keep_vector(self, train):
             v.value = v_new
         return y, sigma

@@ -5,11 +5,16 @@ f_t to beat every other f_j by the *required gap* R_j = eps·K_tj that certifies
 (``lclmt_jax.margins``; Tsuzuku et al., 2018, Prop. 1). Each method is a pure function
 ``(logits, labels, gaps) -> inflated logits`` and the kind of constants K it uses:
 
-* ``global``: K_tj = sqrt(2)·L for every pair -- the papers' methods;
-* ``pairwise``: K_tj = |w_t - w_j|·L_body, the tighter constants the pairwise certificate uses.
+* ``global``: K_tj = sqrt(2)·L for every pair -- the papers' methods (``lmt``, ``lc_lmt``);
+* ``pairwise``: K_tj = |w_t - w_j|·L_body, the tighter constants the pairwise certificate uses
+  (``lmt_pairwise``, ``lc_lmt_pairwise``, and GloRo's ``gloro``, Leino et al. 2021).
 
 The training metrics (margin, required margin, ``bound_met``) check the condition the method
 trains for: f_t - f_v >= R_v for the binding class v (``margins.binding_margin``).
+
+``config.trades_lambda`` > 0 turns any method into a TRADES-style loss (Zhang et al., 2019, as
+GloRo trains): cross-entropy of the clean logits plus lambda times the KL divergence from the
+clean to the inflated distribution. ``config.epsilon_schedule`` shapes the loss's epsilon ramp.
 
 Adding a method is one function and one ``METHODS.register`` line here.
 """
@@ -67,9 +72,24 @@ def inflate_binding_rival(logits: Array, labels: Array, gaps: Array) -> Array:
     return logits + gap * jax.nn.one_hot(rival, logits.shape[-1], dtype=logits.dtype)
 
 
+def append_bottom_logit(logits: Array, labels: Array, gaps: Array) -> Array:
+    """GloRo: a bottom class f_bot = max_{j!=t} f_j + R_j appended to the logits.
+
+    Cross-entropy then asks f_t to beat the strongest rival raised by its gap, like LC-LMT, but
+    keeps the rival's own logit too (K + 1 classes). GloRo takes the rivals of the predicted
+    class; with the true one, as here, the loss is the same on correctly classified points.
+    """
+    rival = margins.runner_up(logits, labels, gaps)
+    bottom = jnp.take_along_axis(logits + gaps, rival[:, None], axis=-1)
+    return jnp.concatenate([logits, bottom], axis=-1)
+
+
 METHODS.register('plain', Method(no_inflation))
 METHODS.register('lmt', Method(inflate_every_rival))
 METHODS.register('lc_lmt', Method(inflate_binding_rival))
+METHODS.register('lmt_pairwise', Method(inflate_every_rival, 'pairwise'))
+METHODS.register('lc_lmt_pairwise', Method(inflate_binding_rival, 'pairwise'))
+METHODS.register('gloro', Method(append_bottom_logit, 'pairwise'))
 
 
 def required_gaps(method: Method, output: ModelOutput, labels: Array,
@@ -81,28 +101,56 @@ def required_gaps(method: Method, output: ModelOutput, labels: Array,
     return margins.global_gaps(output.lipschitz, epsilon, labels, output.logits.shape[-1])
 
 
-def method_loss(method: Method, output: ModelOutput, labels: Array,
-                epsilon: Array | float) -> Array:
-    """Mean softmax cross-entropy of the inflated logits: the loss the optimizer minimises.
+def inflated_logits(method: Method, output: ModelOutput, labels: Array,
+                    epsilon: Array | float) -> Array:
+    """The logits the method's cross-entropy sees at radius ``epsilon`` (C or C + 1 classes)."""
+    return method.inflate(output.logits, labels, required_gaps(method, output, labels, epsilon))
+
+
+def trades_divergence(clean: Array, inflated: Array) -> Array:
+    """KL(softmax(clean) || softmax(inflated)) per example; classes ``inflated`` adds (GloRo's
+    bottom) have probability 0 under the clean logits."""
+    log_q = jax.nn.log_softmax(inflated)
+    log_p = jax.nn.log_softmax(clean)
+    p = jnp.exp(log_p)
+    return jnp.sum(p * (log_p - log_q[..., :clean.shape[-1]]), axis=-1)
+
+
+def method_loss(method: Method, output: ModelOutput, labels: Array, epsilon: Array | float,
+                trades_lambda: float = 0.0) -> Array:
+    """The loss the optimizer minimises: mean cross-entropy of the inflated logits, or with
+    ``trades_lambda`` > 0, that of the clean logits plus lambda·KL(clean || inflated).
 
     The gradient flows through the bounds in the gaps too, so training also shrinks them.
     """
-    gaps = required_gaps(method, output, labels, epsilon)
-    logits = method.inflate(output.logits, labels, gaps)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    logits = inflated_logits(method, output, labels, epsilon)
+    if not trades_lambda:
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    clean = optax.softmax_cross_entropy_with_integer_labels(output.logits, labels)
+    return (clean + trades_lambda * trades_divergence(output.logits, logits)).mean()
+
+
+Ramp = Callable[[Array], Array]
+# Shapes of the epsilon warm-up: the fraction of the final epsilon at progress t in [0, 1].
+EPSILON_RAMPS: Registry[Ramp] = Registry('epsilon schedule')
+EPSILON_RAMPS.register('linear', lambda t: t)
+# Fast at first, slow at the end: log(1 + (e - 1)·t) goes from 0 to 1, half way at t = 0.38.
+EPSILON_RAMPS.register('log', lambda t: jnp.log1p((jnp.e - 1.0) * t))
 
 
 def epsilon_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-    """The radius the loss inflates for at each step: ``config.epsilon`` after a linear warm-up.
+    """The radius the loss inflates for at each step: ``config.epsilon`` after a warm-up.
 
-    ``config.epsilon_warmup_epochs`` > 0 ramps epsilon from 0 over that many epochs (the LMT
-    reference code's schedule for its SVHN runs). Early in training the layer-wise bound L of a
-    deep network is orders of magnitude above its true Lipschitz constant, so even a small
-    sqrt(2)·L·eps makes the gradient through L dominate before any feature is learned, and the
-    network collapses to constant outputs (see ``configs.svhn_variant``); the warm-up lets it
-    learn first. Certification and the ``bound_met`` metrics always use the full epsilon.
+    ``config.epsilon_warmup_epochs`` > 0 ramps epsilon from 0 over that many epochs, shaped by
+    ``config.epsilon_schedule`` (``linear``, the LMT reference code's schedule for its SVHN
+    runs, or ``log``). Early in training the layer-wise bound L of a deep network is orders of
+    magnitude above its true Lipschitz constant, so even a small sqrt(2)·L·eps makes the
+    gradient through L dominate before any feature is learned, and the network collapses to
+    constant outputs (see ``configs.svhn_variant``); the warm-up lets it learn first.
+    Certification and the ``bound_met`` metrics always use the full epsilon.
     """
     warmup_steps = round(config.get('epsilon_warmup_epochs', 0) * steps_per_epoch)
     if warmup_steps <= 0:
         return optax.constant_schedule(config.epsilon)
-    return optax.linear_schedule(0.0, config.epsilon, warmup_steps)
+    ramp = EPSILON_RAMPS.get(config.get('epsilon_schedule', 'linear'), 'config.epsilon_schedule')
+    return lambda step: config.epsilon * ramp(jnp.clip(step / warmup_steps, 0.0, 1.0))

@@ -11,6 +11,7 @@ lives on the devices); with ``host`` each step is one jitted call on a prefetche
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -30,6 +31,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lclmt_jax import (
+    certify,
     checkpoints,
     data,
     input_pipeline,
@@ -87,6 +89,7 @@ class FirstNonFiniteStep(clu_metrics.Metric):
 TrainMetrics = clu_metrics.Collection.create(
     loss=clu_metrics.Average.from_output('loss'),
     accuracy=clu_metrics.Average.from_output('correct'),
+    accuracy_inflated=clu_metrics.Average.from_output('inflated_correct'),
     margin=clu_metrics.Average.from_output('margin'),
     required_margin=clu_metrics.Average.from_output('required_margin'),
     first_non_finite_step=FirstNonFiniteStep)
@@ -139,18 +142,24 @@ def make_train_step(model: nn.Module, config: ml_collections.ConfigDict,
                     steps_per_epoch: int) -> Callable:
     """``train_step(state, uint8 images, labels) -> (state, TrainMetrics)`` on one global batch.
 
-    The loss's epsilon follows ``losses.epsilon_schedule`` of the state's step; the metrics use
-    the full epsilon.
+    The loss's epsilon follows ``losses.epsilon_schedule`` of the state's step; the margin
+    metrics use the full epsilon. ``inflated_correct`` is the accuracy of the inflated logits
+    at the loss's epsilon: the "training accuracy" of the LMT reference code (its Chainer
+    classifier scores the output it trains on), the fraction of points whose margin beats the
+    inflation.
     """
     method = losses.METHODS.get(config.method)
     epsilon_at = losses.epsilon_schedule(config, steps_per_epoch)
+    trades_lambda = float(config.get('trades_lambda', 0.0))
 
     def train_step(state: TrainState, images: Array, labels: Array):
+        epsilon = epsilon_at(state.step)
+
         def loss_fn(params):
             output, model_state = model.apply(
                 {'params': params, **state.model_state}, data.to_float(images), train=True,
                 mutable=list(state.model_state))
-            loss = losses.method_loss(method, output, labels, epsilon_at(state.step))
+            loss = losses.method_loss(method, output, labels, epsilon, trades_lambda)
             return loss, (output, model_state)
 
         (loss, (output, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -158,6 +167,8 @@ def make_train_step(model: nn.Module, config: ml_collections.ConfigDict,
         state = state.apply_gradients(grads=grads, model_state=model_state)
         metrics = binding_metrics(method, output, labels, config.epsilon)
         del metrics['bound_met']
+        inflated = losses.inflated_logits(method, output, labels, epsilon)
+        metrics['inflated_correct'] = jnp.argmax(inflated, axis=-1) == labels
         return state, TrainMetrics.single_from_model_output(loss=loss, **metrics)
 
     return train_step
@@ -321,6 +332,7 @@ def epoch_scalars(train_metrics: clu_metrics.Collection, eval_metrics: clu_metri
     return {
         'train_loss': train['loss'],
         'train_accuracy': train['accuracy'],
+        'train_accuracy_inflated': train['accuracy_inflated'],
         'train_margin': train['margin'],
         'train_required_margin': train['required_margin'],
         'test_accuracy': test['accuracy'],
@@ -331,16 +343,51 @@ def epoch_scalars(train_metrics: clu_metrics.Collection, eval_metrics: clu_metri
     }
 
 
+def make_reconverge(model: nn.Module, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                    images: np.ndarray) -> Callable | None:
+    """``reconverge(state) -> state`` with every power-iteration vector advanced
+    ``config.bound.reconverge_steps`` times (on a fixed batch, for the BN statistics of folded
+    conv bounds; BN running averages untouched), or None when that is 0.
+
+    Run at the start of each epoch, it lets the training estimate catch up with weights that
+    moved faster than one iteration per step could follow.
+    """
+    steps = int(config.get('bound', {}).get('reconverge_steps', 0))
+    if not steps:
+        return None
+    converger = model.clone(estimator=model.estimator._replace(power_iterations=steps))
+    batch = input_pipeline.replicate(mesh, images[:config.batch_size])
+
+    @functools.partial(jax.jit, out_shardings=replicated(mesh), donate_argnums=(0,))
+    def reconverge(state: TrainState, batch: Array) -> TrainState:
+        _, vectors = converger.apply({'params': state.params, **state.model_state},
+                                     data.to_float(batch), train=True, mutable=['lipschitz'])
+        return state.replace(model_state={**state.model_state, **vectors})
+
+    return lambda state: reconverge(state, batch)
+
+
+def sound_scalars(model: nn.Module, state: TrainState, input_shape: tuple[int, ...],
+                  lipschitz: Array) -> dict[str, float]:
+    """The sound L (host, float64; ``certify``) and its ratio to the training estimate: how far
+    the loss's bound lags the one the certificate will use (1 means it tracks it exactly)."""
+    variables = jax.device_get({'params': state.params, **state.model_state})
+    sound = certify.sound_bounds(model, variables, input_shape).lipschitz
+    return {'lipschitz_sound': sound, 'sound_over_training': sound / float(lipschitz)}
+
+
 def make_pipeline(config: ml_collections.ConfigDict, dataset: data.Dataset, model: nn.Module,
-                  mesh: jax.sharding.Mesh) -> tuple[Callable, Callable]:
+                  mesh: jax.sharding.Mesh, params: Any) -> tuple[Callable, Callable]:
     """Returns ``(train_epoch(state, epoch), evaluate(state))`` for the configured pipeline.
 
     Both pipelines draw the same global batches (``input_pipeline``), so they train alike.
+    ``params`` tell whether the network convolves (4-D kernels), which ``auto`` weighs.
     """
     num_train = len(dataset.train_labels)
     test = pad_to_multiple(dataset.test_images, dataset.test_labels, config.eval_batch_size)
     dataset_bytes = dataset.train_images.nbytes + test[0].nbytes
-    if input_pipeline.choose_pipeline(config.data.pipeline, dataset_bytes) == 'device':
+    convolves = any(leaf.ndim == 4 for leaf in jax.tree.leaves(params))
+    if input_pipeline.choose_pipeline(config.data.pipeline, dataset_bytes, convolves) == 'device':
         train_arrays = input_pipeline.replicate(mesh, (dataset.train_images, dataset.train_labels))
         test = input_pipeline.replicate(mesh, test)
         device_epoch = make_train_epoch(model, config, mesh, num_train)
@@ -414,11 +461,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     writer = writers.create_writer(workdir, config.num_epochs)
     report_progress = writers.create_progress(config.num_epochs, writer, start_epoch)
-    train_epoch, evaluate = make_pipeline(config, dataset, model, mesh)
+    train_epoch, evaluate = make_pipeline(config, dataset, model, mesh, state.params)
+    reconverge = make_reconverge(model, config, mesh, dataset.train_images)
     epsilon_at = losses.epsilon_schedule(config, steps_per_epoch)
+    sound_every = int(config.get('bound', {}).get('sound_every_epochs', 0))
 
     for epoch in range(start_epoch + 1, config.num_epochs + 1):
         started = time.perf_counter()
+        if reconverge is not None:
+            state = reconverge(state)
         new_state, train_metrics = train_epoch(state, epoch)
         eval_metrics, lipschitz = evaluate(new_state)
         scalars = epoch_scalars(train_metrics, eval_metrics, lipschitz)
@@ -431,6 +482,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         scalars['epoch_seconds'] = time.perf_counter() - started
         # the loss's epsilon at the epoch's end (every epoch runs steps_per_epoch steps)
         scalars['train_epsilon'] = float(epsilon_at(epoch * steps_per_epoch))
+        if sound_every and (epoch % sound_every == 0 or epoch == config.num_epochs) \
+                and jax.process_index() == 0:
+            scalars.update(sound_scalars(model, state, input_shape, lipschitz))
         report_progress(epoch)
         writer.write_scalars(epoch, scalars)
         writer.flush()

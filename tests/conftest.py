@@ -6,6 +6,7 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')  # as launch.py: small float64 factorizations
 
 import chex  # noqa: E402
 import pytest  # noqa: E402

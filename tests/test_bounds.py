@@ -192,3 +192,39 @@ def test_average_pool_bound_is_the_exact_jacobian_norm():
     exact = np.linalg.norm(jacobian, ord=2)
     np.testing.assert_allclose(bounds.average_pool_bound(3, 5), exact, rtol=1e-12)
     assert exact <= bounds.average_pool_bound(3, 5, sound=True) <= exact * (1 + 1e-5)
+
+
+def test_subspace_iteration_tracks_a_block_and_stays_a_lower_bound():
+    """Block power iteration converges to the top singular value from below, and keeps the
+    top direction when it switches inside the block (a near-flat top spectrum)."""
+    rng = np.random.default_rng(0)
+    u, _ = np.linalg.qr(rng.normal(size=(60, 60)))
+    v, _ = np.linalg.qr(rng.normal(size=(30, 30)))
+    singular = np.array([3.0, 2.99, 2.98, 2.97] + [1.0] * 26)
+    kernel = jnp.asarray(u[:, :30] * singular @ v.T, jnp.float32)
+    basis = jnp.linalg.qr(jax.random.normal(jax.random.key(0), (60, 8)))[0]
+    sigmas = []
+    for _ in range(30):
+        sigma, basis = bounds.dense_subspace_iteration(kernel, basis)
+        sigmas.append(float(sigma))
+    assert max(sigmas) <= 3.0 * (1 + 1e-5)
+    np.testing.assert_allclose(sigmas[-1], 3.0, rtol=1e-4)
+    chex.assert_trees_all_close(basis.T @ basis, jnp.eye(8), atol=1e-4)  # orthonormal
+    # A single vector started in the same place is still far off after as many steps.
+    single = bounds.normalize(jax.random.normal(jax.random.key(0), (60,)))
+    for _ in range(30):
+        sigma_single, single = bounds.dense_power_iteration(kernel, single)
+    assert float(sigma_single) < sigmas[-1]
+    # Differentiable in the kernel, with the gradient of the top singular value at convergence.
+    grad = jax.grad(lambda k: bounds.dense_subspace_iteration(k, basis)[0])(kernel)
+    np.testing.assert_allclose(float(jnp.vdot(grad, kernel)), 3.0, rtol=1e-3)  # Euler: <dσ, K> = σ
+
+
+@pytest.mark.parametrize('shape', [(40, 7), (7, 40), (12, 12)])
+def test_exact_norm_and_its_gradient_match_the_svd(shape):
+    kernel = jax.random.normal(jax.random.key(1), shape)
+    u_svd, s, vt = np.linalg.svd(np.asarray(kernel, np.float64))
+    np.testing.assert_allclose(float(bounds.dense_exact_norm(kernel)), s[0], rtol=1e-5)
+    grad = jax.grad(bounds.dense_exact_norm)(kernel)
+    chex.assert_trees_all_close(grad, jnp.asarray(np.outer(u_svd[:, 0], vt[0]), jnp.float32),
+                                atol=1e-4)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from lclmt_jax import configs, losses, models, run_files, validation
@@ -43,7 +44,8 @@ def test_experiment_configs_validate(path, tmp_path):
 
 
 def test_method_and_model_of_the_named_experiments():
-    expected = {'mnist_lc': ('lc_lmt', 'mlp'), 'mnist_lmt': ('lmt', 'mlp'),
+    expected = {'mnist_lc': ('lc_lmt_pairwise', 'mlp'), 'mnist_lmt': ('lmt_pairwise', 'mlp'),
+                'mnist_certified_mlp': ('lc_lmt_pairwise', 'mlp'),
                 'mnist_plain': ('plain', 'mlp'), 'svhn_lc': ('lc_lmt', 'wrn'),
                 'svhn_lmt': ('lmt', 'wrn'), 'svhn_plain': ('plain', 'wrn')}
     for name, (method, model) in expected.items():
@@ -61,7 +63,7 @@ def test_reading_a_config_imports_no_jax_and_no_model_code():
     path = os.path.join(os.path.dirname(EXPERIMENTS[0]), 'mnist_lc.py')
     out = subprocess.run([sys.executable, '-c', code, path], capture_output=True, text=True,
                          check=True, cwd=os.path.dirname(os.path.dirname(path)))
-    assert out.stdout.split() == ['lc_lmt', '[]']
+    assert out.stdout.split() == ['lc_lmt_pairwise', '[]']
 
 
 def test_an_unknown_variant_names_the_allowed_ones():
@@ -89,3 +91,25 @@ def test_a_saved_config_reads_back_over_todays_defaults():
     assert restored.evaluators == configs.default_config().evaluators
     assert restored.evaluation.epsilons == config.evaluation.epsilons  # a tuple again
     assert restored.wrn.depth == 10 and restored.optimizer_kwargs.nesterov
+
+
+def test_the_paper_variant_composes_with_the_data_variants():
+    from lclmt_jax import bounds
+
+    new = configs.mnist_variant(configs.default_config(), 'idx')
+    paper = configs.mnist_variant(configs.default_config(), 'idx,paper')
+    assert new.data.source == paper.data.source == 'idx'
+    assert (new.method, paper.method) == ('lc_lmt_pairwise', 'lc_lmt')
+    assert models.estimator(new) == bounds.Estimator(1, 16, 16)
+    assert models.estimator(paper) == bounds.Estimator(1, 1, 0)  # one vector, one step
+    with pytest.raises(ValueError, match="unknown config variant 'papers'"):
+        configs.mnist_variant(configs.default_config(), 'idx,papers')
+
+
+def test_the_gloro_learning_rate_schedule_decays_to_1e_6_after_half():
+    from lclmt_jax import optimizers
+
+    schedule = optimizers.SCHEDULES.get('decay_after_half')(1e-3, 1000)
+    np.testing.assert_allclose([float(schedule(s)) for s in (0, 499, 500, 750, 1000)],
+                               [1e-3, 1e-3, 1e-3, np.sqrt(1e-3 * 1e-6), 1e-6], rtol=1e-4)
+

@@ -158,3 +158,19 @@ def test_dense_layer_vector_update_and_power_iterations_per_call():
         bounds.dense_power_iteration(kernel, variables['lipschitz']['v'], 3), atol=1e-6)
     _, sound = dense.apply(variables, x, sound=True)
     assert sound == bounds.dense_upper_bound(kernel) >= float(sigma3)
+
+
+def test_dense_estimators_keep_their_state_and_stay_below_the_sound_bound():
+    x = unit((3, 40), 1)
+    for estimator, state_shape in [(bounds.Estimator(subspace_size=8), (40, 8)),
+                                   (bounds.Estimator(subspace_size=8, exact_below=8), None),
+                                   (bounds.Estimator(power_iterations=2), (40,))]:
+        dense = layers.LipschitzDense(8, estimator=estimator)
+        variables = dense.init({'params': jax.random.key(0)}, x)
+        shapes = jax.tree.map(jnp.shape, variables.get('lipschitz', {}))
+        assert shapes == ({'v': state_shape} if state_shape else {})
+        (_, sigma), state = dense.apply(variables, x, train=True, mutable=['lipschitz'])
+        _, sound = dense.apply(variables, x, sound=True)
+        assert float(sigma) <= sound
+        if state_shape is None:  # the exact norm: equal to the float64 norm up to float32
+            np.testing.assert_allclose(float(sigma), sound, rtol=1e-5)

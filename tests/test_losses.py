@@ -70,3 +70,59 @@ def test_epsilon_warmup_ramps_linearly_then_holds():
     config.epsilon_warmup_epochs = 0.0
     assert float(losses.epsilon_schedule(config, 10)(0)) == pytest.approx(0.8)
     assert float(jax.jit(schedule)(jnp.int32(15))) == pytest.approx(0.6)
+
+
+def _output(kernel_scale=1.0):
+    """Logits with a head whose columns are far apart for classes 0/1 and close for 2/3."""
+    kernel = jnp.array([[1.0, -1.0, 0.0, 0.1], [0.0, 0.0, 1.0, 1.0]]) * kernel_scale
+    return ModelOutput(LOGITS, jnp.float32(3.0), jnp.float32(2.0), kernel)
+
+
+def test_pairwise_methods_use_the_pairwise_constants():
+    output = _output()
+    constants = margins.pairwise_constants(output.head_kernel, output.body_lipschitz)
+    gaps = losses.required_gaps(_method('lmt_pairwise'), output, LABELS, 0.5)
+    chex.assert_trees_all_close(gaps, 0.5 * constants[LABELS])
+    assert np.all(np.asarray(gaps)[np.arange(3), np.asarray(LABELS)] == 0)
+    chex.assert_trees_all_close(_method('lmt_pairwise').inflate(LOGITS, LABELS, gaps),
+                                LOGITS + gaps)
+    # the global methods use sqrt(2)·L·eps whatever the head
+    chex.assert_trees_all_close(losses.required_gaps(_method('lmt'), output, LABELS, 0.5),
+                                margins.global_gaps(output.lipschitz, 0.5, LABELS, 4))
+
+
+def test_gloro_appends_the_bottom_logit_of_the_binding_rival():
+    gaps = jnp.array([[0.0, 3.0, 0.5, 0.2]])
+    out = _method('gloro').inflate(LOGITS[:1], LABELS[:1], gaps)
+    chex.assert_trees_all_close(out, jnp.array([[3.0, 1.0, 2.0, -1.0, 4.0]]))
+    loss = losses.method_loss(_method('gloro'), _output(), LABELS, 0.5)
+    assert np.isfinite(float(loss)) and float(loss) > 0
+
+
+def test_trades_is_clean_cross_entropy_plus_lambda_kl():
+    output = _output()
+    method = _method('lc_lmt_pairwise')
+    inflated = losses.inflated_logits(method, output, LABELS, 0.5)
+    clean_ce = optax.softmax_cross_entropy_with_integer_labels(LOGITS, LABELS)
+    p, q = jax.nn.softmax(LOGITS), jax.nn.softmax(inflated)
+    kl = jnp.sum(p * (jnp.log(p) - jnp.log(q)), axis=-1)
+    chex.assert_trees_all_close(losses.method_loss(method, output, LABELS, 0.5, 1.5),
+                                jnp.mean(clean_ce + 1.5 * kl), rtol=1e-5)
+    # with GloRo's extra class the clean distribution gives it probability 0
+    gloro = losses.inflated_logits(_method('gloro'), output, LABELS, 0.5)
+    divergence = losses.trades_divergence(LOGITS, gloro)
+    assert np.all(np.asarray(divergence) >= -1e-6)
+    chex.assert_trees_all_close(losses.trades_divergence(LOGITS, LOGITS), jnp.zeros(3), atol=1e-6)
+
+
+def test_the_log_ramp_rises_fast_then_holds():
+    config = ml_collections.ConfigDict({'epsilon': 1.0, 'epsilon_warmup_epochs': 1.0,
+                                        'epsilon_schedule': 'log'})
+    schedule = losses.epsilon_schedule(config, steps_per_epoch=100)
+    values = [float(schedule(s)) for s in (0, 38, 50, 100, 500)]
+    np.testing.assert_allclose(values[0], 0.0)
+    assert 0.49 < values[1] < 0.51 and values[2] > 0.5  # half way at 38% of the ramp
+    np.testing.assert_allclose(values[3:], [1.0, 1.0], rtol=1e-6)
+    config.epsilon_schedule = 'cubic'
+    with pytest.raises(ValueError, match="unknown config.epsilon_schedule 'cubic'"):
+        losses.epsilon_schedule(config, 100)

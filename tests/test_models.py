@@ -319,3 +319,76 @@ def test_every_model_declares_its_head_through_the_output():
         sound = model.apply(variables, jnp.zeros((1, *shape)), sound=True)
         head = bounds.dense_upper_bound(sound.head_kernel)
         np.testing.assert_allclose(sound.lipschitz, sound.body_lipschitz * head, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- MinMax and the CNN
+
+
+def test_group_sort_is_a_permutation_with_lipschitz_constant_one():
+    from lclmt_jax.activations import ACTIVATIONS
+
+    x = jax.random.normal(jax.random.key(0), (16,))
+    for name, group in (('minmax', 2), ('groupsort4', 4)):
+        y, bound = ACTIVATIONS.get(name)(x)
+        assert bound == 1.0
+        chex.assert_trees_all_close(jnp.sort(y.reshape(-1, group), -1), y.reshape(-1, group))
+        activation = ACTIVATIONS.get(name)
+        jacobian = np.asarray(jax.jacobian(lambda z, f=activation: f(z)[0])(x))
+        chex.assert_trees_all_close(jacobian @ jacobian.T, np.eye(16), atol=1e-6)  # orthogonal
+    with pytest.raises(ValueError, match='multiple of 4'):
+        ACTIVATIONS.get('groupsort4')(jnp.ones(6))
+
+
+@pytest.mark.parametrize('activation', ['minmax', 'relu'])
+def test_minmax_mlp_bounds_dominate_jacobian_norms(activation):
+    model = MLP(hidden_sizes=(16, 16), activation=activation, weight_init='orthogonal',
+                num_classes=5)
+    x = jnp.zeros((1, 8, 8, 1))
+    variables = model.init({'params': jax.random.key(0)}, x)
+    sound = model.apply(variables, x, sound=True)
+    exact_layers = np.prod([np.linalg.norm(np.asarray(p['kernel'], np.float64), 2)
+                            for p in variables['params'].values()])
+    assert exact_layers <= sound.lipschitz <= exact_layers * (1 + 1e-5)
+    for z in jax.random.uniform(jax.random.key(1), (10, 8, 8, 1)):
+        assert _jacobian_norm(model, variables, z) <= sound.lipschitz
+
+
+def _small_cnn():
+    from lclmt_jax.models.cnn import CNN
+
+    return CNN(convs=((4, 3, 1), (6, 4, 2)), dense=(16,), num_classes=5,
+               estimator=bounds.Estimator(subspace_size=4, exact_below=5))
+
+
+def test_cnn_sound_bound_is_the_product_of_exact_layer_norms_and_dominates_jacobians():
+    from bound_testing import exact_conv_norm
+
+    model = _small_cnn()
+    x = jnp.zeros((1, 8, 8, 2))
+    variables = converge(model, model.init({'params': jax.random.key(0)}, x), x, steps=300)
+    params = variables['params']
+    sound = model.apply(variables, x, sound=True)
+    estimate = model.apply(variables, x)
+    exact = (exact_conv_norm(params['LipschitzConv_0']['kernel'], (8, 8, 2), 1, 'SAME')
+             * exact_conv_norm(params['LipschitzConv_1']['kernel'], (8, 8, 4), 2, 'SAME')
+             * np.prod([np.linalg.norm(np.asarray(params[name]['kernel'], np.float64), 2)
+                        for name in ('LipschitzDense_0', 'head')]))
+    assert exact <= sound.lipschitz <= 1.5 * exact  # the conv bounds' own slack, <= 1.5
+    assert float(estimate.lipschitz) <= sound.lipschitz * (1 + 1e-5)
+    np.testing.assert_allclose(float(estimate.lipschitz), exact, rtol=1e-3)  # converged
+    jacobians = jax.jit(jax.vmap(jax.jacobian(
+        lambda z: model.apply(variables, z[None]).logits[0])))
+    inputs = np.random.default_rng(0).uniform(size=(10, 8, 8, 2)).astype(np.float32)
+    norms = [np.linalg.norm(np.asarray(j, np.float64).reshape(5, -1), 2)
+             for j in jacobians(inputs)]
+    assert 0 < max(norms) <= sound.lipschitz
+
+
+def test_the_4c3f_shapes_on_mnist_and_cifar_sized_inputs():
+    from lclmt_jax.models.cnn import CNN
+
+    for shape, flat in (((28, 28, 1), 7 * 7 * 64), ((32, 32, 3), 8 * 8 * 64)):
+        variables = jax.eval_shape(CNN().init, {'params': _key(0)},
+                                   jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+        assert variables['params']['LipschitzDense_0']['kernel'].shape == (flat, 512)
+        assert variables['params']['head']['kernel'].shape == (512, 10)

@@ -204,3 +204,32 @@ def test_metrics_record_the_warmed_up_epsilon(tmp_path):
                              str(tmp_path))
     records = run_files.read_metrics(str(tmp_path))
     np.testing.assert_allclose([r['train_epsilon'] for r in records], [0.25, 0.5], rtol=1e-6)
+
+
+def test_the_sound_bound_and_the_inflated_accuracy_are_logged(tmp_path):
+    config = embedded_config(num_epochs=2)
+    config.bound.update(subspace_size=1, exact_below=0, reconverge_steps=3)
+    train.train_and_evaluate(config, str(tmp_path))
+    for record in run_files.read_metrics(str(tmp_path)):
+        # the sound bound is an upper bound of the (lower-bound) training estimate
+        assert record['lipschitz_sound'] >= record['lipschitz'] * (1 - 1e-6)
+        np.testing.assert_allclose(record['sound_over_training'],
+                                   record['lipschitz_sound'] / record['lipschitz'], rtol=1e-6)
+        # beating the inflated rival implies beating the clean one
+        assert 0 <= record['train_accuracy_inflated'] <= record['train_accuracy']
+
+
+def test_reconverging_at_an_epoch_start_brings_the_estimate_to_the_norm(embedded):
+    config = embedded_config()
+    config.bound.update(subspace_size=1, exact_below=0, reconverge_steps=300)
+    mesh = train.make_mesh()
+    model = models.create_model(config, embedded.num_classes)
+    state = input_pipeline.replicate(mesh, train.create_train_state(
+        model, optimizers.create_optimizer(config, 1), jax.random.key(0), (28, 28, 1)))
+    estimate = lambda state: float(train.lipschitz_estimate(model, state, (28, 28, 1)))  # noqa
+    sound = float(train.sound_scalars(model, state, (28, 28, 1), 1.0)['lipschitz_sound'])
+    before = estimate(state)
+    state = train.make_reconverge(model, config, mesh, embedded.train_images)(state)
+    assert before < 0.9 * sound
+    np.testing.assert_allclose(estimate(state), sound, rtol=1e-3)
+    assert estimate(state) <= sound

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from lclmt_jax import bounds
 from lclmt_jax.layers import LipschitzDense
 from lclmt_jax.registry import Registry
 
@@ -31,7 +32,20 @@ Array = jax.Array
 MODELS: Registry[type[nn.Module]] = Registry('model', package=__name__)
 
 # Fields every model receives from the trainer rather than from ``config.<model>``.
-_TRAINER_FIELDS = ('num_classes', 'power_iterations')
+_TRAINER_FIELDS = ('num_classes', 'estimator')
+
+# Kernel initializers a model may name (``weight_init``): He/LeCun scaling, or orthogonal matrices,
+# whose singular values all start at 1 (a Lipschitz bound of 1 per layer from the first step).
+INITIALIZERS = {'lecun_normal': nn.initializers.lecun_normal(),
+                'he_normal': nn.initializers.he_normal(),
+                'orthogonal': nn.initializers.orthogonal()}
+
+
+def initializer(name: str) -> nn.initializers.Initializer:
+    """The kernel initializer called ``name`` (one-line error naming the allowed ones)."""
+    if name not in INITIALIZERS:
+        raise ValueError(f'unknown init {name!r}; allowed: {", ".join(INITIALIZERS)}')
+    return INITIALIZERS[name]
 
 
 class ModelOutput(NamedTuple):
@@ -48,12 +62,13 @@ class ModelOutput(NamedTuple):
 
 
 def lipschitz_head(h: Array, body_lipschitz: Any, num_classes: int, *, train: bool,
-                   sound: bool, power_iterations: int = 1) -> ModelOutput:
+                   sound: bool, estimator: bounds.Estimator = bounds.Estimator(),
+                   kernel_init: Any = nn.initializers.lecun_normal()) -> ModelOutput:
     """The dense ``'head'`` on the body's features ``h``, and the whole network's output.
 
     Call it last inside a model's ``@nn.compact __call__``.
     """
-    head = LipschitzDense(num_classes, power_iterations=power_iterations, name='head')
+    head = LipschitzDense(num_classes, kernel_init, estimator, name='head')
     logits, head_bound = head(h, train=train, sound=sound)
     return ModelOutput(logits, body_lipschitz * head_bound, body_lipschitz,
                        head.variables['params']['kernel'])
@@ -73,13 +88,20 @@ def model_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return settings
 
 
+def estimator(config: ml_collections.ConfigDict) -> bounds.Estimator:
+    """The training estimator of ``config.bound`` (defaults for fields it lacks)."""
+    section = config.get('bound', None)
+    fields = {name: int(section[name]) for name in bounds.Estimator._fields
+              if section is not None and name in section}
+    return bounds.Estimator(**fields)
+
+
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-    """The network named by ``config.model``, set up by ``config.<model>``, for ``num_classes``."""
+    """The network named by ``config.model``, set up by ``config.<model>``, for ``num_classes``,
+    with the training estimator of ``config.bound``."""
     model_class = MODELS.get(config.model, 'config.model')
-    trainer = {'num_classes': num_classes}
-    if 'power_iterations' in {field.name for field in dataclasses.fields(model_class)}:
-        trainer['power_iterations'] = int(config.get('power_iterations', 1))
-    return model_class(**model_settings(config), **trainer)
+    return model_class(**model_settings(config), num_classes=num_classes,
+                       estimator=estimator(config))
 
 
 def init_variables(model: nn.Module, rng: Array, input_shape: Sequence[int]) -> dict:

@@ -10,7 +10,7 @@ import jax
 from lclmt_jax import bounds
 from lclmt_jax.activations import ACTIVATIONS
 from lclmt_jax.layers import LipschitzDense
-from lclmt_jax.models import MODELS, ModelOutput, lipschitz_head
+from lclmt_jax.models import MODELS, ModelOutput, initializer, lipschitz_head
 
 Array = jax.Array
 
@@ -20,26 +20,32 @@ class MLP(nn.Module):
     """Flatten, ``hidden_sizes`` dense layers each followed by ``activation``, dense head.
 
     L_body = prod_k |W_k|_2·L_act (flatten is an isometry), L = L_body·|W_head|_2.
+    ``weight_init`` names the kernel initializer (``models.INITIALIZERS``).
     """
 
     hidden_sizes: Sequence[int] = (100, 100, 100)
     activation: str = 'relu'
+    weight_init: str = 'lecun_normal'
     num_classes: int = 10
-    power_iterations: int = 1
+    estimator: bounds.Estimator = bounds.Estimator()
 
     def __post_init__(self):
         ACTIVATIONS.get(self.activation, 'activation')
+        initializer(self.weight_init)
+        if isinstance(self.hidden_sizes, str) or not all(
+                isinstance(width, int) and width > 0 for width in self.hidden_sizes):
+            raise ValueError(f'mlp.hidden_sizes must be positive ints, got {self.hidden_sizes!r}')
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, sound: bool = False) -> ModelOutput:
-        activation = ACTIVATIONS.get(self.activation)
+        activation, init = ACTIVATIONS.get(self.activation), initializer(self.weight_init)
         h = x.reshape((x.shape[0], -1))
         body_lipschitz = 1.0
         for width in self.hidden_sizes:
-            h, layer_bound = LipschitzDense(width, power_iterations=self.power_iterations)(
-                h, train=train, sound=sound)
+            h, layer_bound = LipschitzDense(width, init, self.estimator)(h, train=train,
+                                                                         sound=sound)
             h, activation_bound = activation(h)
             body_lipschitz = bounds.chain(body_lipschitz, layer_bound, activation_bound)
         return lipschitz_head(h, body_lipschitz, self.num_classes, train=train, sound=sound,
-                              power_iterations=self.power_iterations)
+                              estimator=self.estimator, kernel_init=init)

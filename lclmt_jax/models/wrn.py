@@ -52,7 +52,7 @@ class PreActBlock(nn.Module):
     strides: int = 1
     fold_bn: bool = True
     zero_init_residual: bool = False
-    power_iterations: int = 1
+    estimator: bounds.Estimator = bounds.Estimator()
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False,
@@ -61,7 +61,7 @@ class PreActBlock(nn.Module):
         bn = functools.partial(LipschitzBatchNorm, per_channel=self.fold_bn)
         conv = functools.partial(LipschitzConv, use_bias=False,
                                  kernel_init=nn.initializers.he_normal(),
-                                 power_iterations=self.power_iterations)
+                                 estimator=self.estimator)
         identity = x.shape[-1] == self.features and self.strides == 1
         conv2_init = {'kernel_init': nn.initializers.zeros} if self.zero_init_residual else {}
         o, bn1 = bn(name='bn1')(x, **kw)  # per channel (C,) when folding, else a scalar
@@ -114,7 +114,7 @@ class WideResNet(nn.Module):
     num_classes: int = 10
     fold_bn: bool = True
     zero_init_residual: bool = False
-    power_iterations: int = 1
+    estimator: bounds.Estimator = bounds.Estimator()
 
     def __post_init__(self):
         if self.depth < 10 or (self.depth - 4) % 6:
@@ -126,13 +126,13 @@ class WideResNet(nn.Module):
         kw = {'train': train, 'sound': sound}
         h, body_lipschitz = LipschitzConv(16, 3, use_bias=False,
                                           kernel_init=nn.initializers.he_normal(),
-                                          power_iterations=self.power_iterations,
+                                          estimator=self.estimator,
                                           name='stem')(x, **kw)
         for group, (base, stride) in enumerate(zip((16, 32, 64), (1, 2, 2), strict=True)):
             for index in range((self.depth - 4) // 6):
                 h, bound = PreActBlock(base * self.width, stride if index == 0 else 1,
                                        self.fold_bn, self.zero_init_residual,
-                                       self.power_iterations,
+                                       self.estimator,
                                        name=f'group{group + 1}_block{index + 1}')(h, **kw)
                 body_lipschitz = bounds.chain(body_lipschitz, bound)
         h, l_bn = LipschitzBatchNorm(name='final_bn')(h, **kw)
@@ -140,4 +140,4 @@ class WideResNet(nn.Module):
         h, l_pool = global_average_pool(h, sound=sound)
         body_lipschitz = bounds.chain(body_lipschitz, l_bn, l_relu, l_pool)
         return lipschitz_head(h, body_lipschitz, self.num_classes, train=train, sound=sound,
-                              power_iterations=self.power_iterations)
+                              estimator=self.estimator)
