@@ -1,6 +1,7 @@
 """Command-line entry point.
 
   python launch.py --config=experiments/mnist_lc.py --workdir=DIR        # train
+  python launch.py --config=... --workdir=DIR --evaluators=certificates   # train, then certify
   python launch.py --mode=evaluate --workdir=DIR                          # certify, attack, draw
   python launch.py --mode=compare --workdir=OUT --runs=DIR1,DIR2,...      # overlay runs
   python launch.py --config=experiments/mnist_fig2_sweep.py --workdir=DIR --sweep=run    # a sweep
@@ -31,7 +32,8 @@ _RUNS = flags.DEFINE_list('runs', [], 'compare mode: workdirs of the runs to ove
 _MAX_EXAMPLES = flags.DEFINE_integer('max_examples', None,
                                      'evaluate mode, --sweep: only the first N test examples.')
 _EVALUATORS = flags.DEFINE_list('evaluators', None, 'evaluate mode: these evaluators instead of '
-                                'the run\'s config.evaluators.')
+                                'the run\'s config.evaluators; train mode: run them on the trained '
+                                'model when training ends (one process).')
 _CHECKPOINT = flags.DEFINE_integer('checkpoint', None, 'evaluate mode: the checkpoint of this '
                                    'epoch instead of the newest one that restores.')
 _SWEEP = flags.DEFINE_enum('sweep', None, ['run', 'print'],
@@ -113,6 +115,8 @@ def main(argv: list[str]) -> None:
             if _CONFIG.value is None:
                 raise ValueError('--config is required to train')
             train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+            if _EVALUATORS.value:
+                evaluate.evaluate_run(_WORKDIR.value, _MAX_EXAMPLES.value, _EVALUATORS.value)
         elif _MODE.value == 'evaluate':
             evaluate.evaluate_run(_WORKDIR.value, _MAX_EXAMPLES.value, _EVALUATORS.value,
                                   _CHECKPOINT.value)

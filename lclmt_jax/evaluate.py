@@ -21,13 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lclmt_jax import data, plots, run_files
+from lclmt_jax import data, losses, plots, run_files
 from lclmt_jax.evaluators import EVALUATORS, Context, Result
 from lclmt_jax.restored import restore
 
 EVALUATION_DIR = 'evaluation'
 RADIUS_GRID_POINTS = 201
-METHOD_NAMES = {'plain': 'plain', 'lmt': 'LMT', 'lc_lmt': 'LC-LMT'}
 
 
 class BrokenCertificateError(RuntimeError):
@@ -35,8 +34,8 @@ class BrokenCertificateError(RuntimeError):
 
 
 def run_label(config) -> str:
-    """Short legend label of a run, e.g. ``LC-LMT(1.0)`` or ``plain``."""
-    name = METHOD_NAMES.get(config.method, config.method)
+    """Short legend label of a run, e.g. ``LC-LMT(1.0)``, ``LC-LMT-pw(1.0)`` or ``plain``."""
+    name = losses.METHODS.get(config.method).label or config.method
     return name if config.method == 'plain' else f'{name}({config.epsilon})'
 
 
@@ -146,7 +145,11 @@ def compare_runs(workdirs: Sequence[str], outdir: str) -> list[dict]:
                'epsilon': config.epsilon, 'epochs': len(records),
                'train_accuracy': records[-1]['train_accuracy'] if records else None,
                'test_accuracy': records[-1]['test_accuracy'] if records else None,
+               'train_accuracy_inflated': records[-1].get('train_accuracy_inflated')
+               if records else None,
                'first_epoch_meeting_bound': plots.first_epoch_meeting_bound(records),
+               **{f'first_epoch_meeting_bound_{reading}': plots.first_epoch_meeting_bound(
+                   records, reading) for reading in plots.MARGIN_READINGS if reading != 'mean'},
                'train_seconds': sum(r.get('epoch_seconds', 0.0) for r in records)}
         summary_path = os.path.join(workdir, EVALUATION_DIR, 'evaluation.json')
         if os.path.exists(summary_path):

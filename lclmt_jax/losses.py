@@ -40,10 +40,12 @@ CONSTANTS = ('global', 'pairwise')
 
 
 class Method(NamedTuple):
-    """A training method: its logit inflation and which constants K_tj set its gaps."""
+    """A training method: its logit inflation, which constants K_tj set its gaps, its name in
+    figures and tables."""
 
     inflate: Inflation
     constants: str = 'global'
+    label: str = ''
 
 
 METHODS: Registry[Method] = Registry('method')
@@ -84,12 +86,12 @@ def append_bottom_logit(logits: Array, labels: Array, gaps: Array) -> Array:
     return jnp.concatenate([logits, bottom], axis=-1)
 
 
-METHODS.register('plain', Method(no_inflation))
-METHODS.register('lmt', Method(inflate_every_rival))
-METHODS.register('lc_lmt', Method(inflate_binding_rival))
-METHODS.register('lmt_pairwise', Method(inflate_every_rival, 'pairwise'))
-METHODS.register('lc_lmt_pairwise', Method(inflate_binding_rival, 'pairwise'))
-METHODS.register('gloro', Method(append_bottom_logit, 'pairwise'))
+METHODS.register('plain', Method(no_inflation, label='plain'))
+METHODS.register('lmt', Method(inflate_every_rival, label='LMT'))
+METHODS.register('lc_lmt', Method(inflate_binding_rival, label='LC-LMT'))
+METHODS.register('lmt_pairwise', Method(inflate_every_rival, 'pairwise', 'LMT-pw'))
+METHODS.register('lc_lmt_pairwise', Method(inflate_binding_rival, 'pairwise', 'LC-LMT-pw'))
+METHODS.register('gloro', Method(append_bottom_logit, 'pairwise', 'GloRo'))
 
 
 def required_gaps(method: Method, output: ModelOutput, labels: Array,

@@ -17,13 +17,23 @@ import numpy as np  # noqa: E402
 Records = Sequence[Mapping[str, float]]
 
 
-def first_epoch_meeting_bound(records: Records) -> int | None:
-    """First epoch whose mean training margin >= mean required margin sqrt(2)·L·eps (Fig. 1a).
+# Readings of "the margin meets the required margin" (Fig. 1a): the training margin statistic
+# and the required margin each compares. ``mean``: both averaged over the epoch's examples, as
+# the loss is; ``mean_correct``: the margin averaged over correctly classified examples only;
+# ``median``: the epoch's median margin; ``sound``: the mean margin against sqrt(2)·L·eps with
+# the sound L at the epoch's end instead of the training estimate.
+MARGIN_READINGS = {'mean': ('train_margin', 'train_required_margin'),
+                   'mean_correct': ('train_margin_correct', 'train_required_margin'),
+                   'median': ('train_margin_median', 'train_required_margin'),
+                   'sound': ('train_margin', 'required_margin_sound')}
 
-    Both are averaged over the epoch's steps, as the training loss is.
-    """
+
+def first_epoch_meeting_bound(records: Records, reading: str = 'mean') -> int | None:
+    """First epoch whose training margin meets the required margin under ``reading``
+    (``MARGIN_READINGS``); None if none does or the records lack the statistics."""
+    margin, required = MARGIN_READINGS[reading]
     for record in records:
-        if record['train_margin'] >= record['train_required_margin']:
+        if margin in record and required in record and record[margin] >= record[required]:
             return int(record['epoch'])
     return None
 

@@ -8,7 +8,8 @@ every member)::
     def get_sweep(variant=''):
         return [{'method': 'lmt', 'epsilon': 0.2}, {'method': 'plain'}]
 
-Each member is named from its overrides (``lmt_eps0.2``, ``plain``) and runs in
+Each member is named from its overrides (``lmt_eps0.2``, ``plain``), or by its ``'member'`` key
+when it has one (``{'member': 'paper_lmt', 'method': 'lmt'}``), and runs in
 ``<workdir>/<member>``. ``launch.py --sweep=run`` trains and evaluates the members one after
 another, skipping what is already done (an interrupted member resumes from its checkpoint), then
 overlays them with :func:`lclmt_jax.evaluate.compare_runs` (``comparison.csv``/``.json`` and the
@@ -39,6 +40,7 @@ from lclmt_jax import checkpoints, configs, evaluate, run_files, train, validati
 SHORT_NAMES = {'epsilon': 'eps', 'learning_rate': 'lr', 'batch_size': 'bs', 'num_epochs': 'epochs',
                'weight_decay': 'wd', 'hidden_sizes': 'h', 'epsilon_warmup_epochs': 'warmup'}
 MEMBER_FILE = 'sweep_member.json'  # in a member's workdir once it is trained and evaluated
+NAME_KEY = 'member'  # a member dict may name itself: {'member': 'paper_lmt', 'method': 'lmt'}
 
 
 class SweepError(RuntimeError):
@@ -141,11 +143,12 @@ class Sweep:
             if not isinstance(member, Mapping):
                 raise ValueError(f'{path}: get_sweep must return dicts, got {member!r}')
             member = dict(member)
+            given_name = member.pop(NAME_KEY, None)
             clash = sorted(set(member) & set(overrides))
             if clash:
                 raise ValueError(f'--config.{clash[0]} is set by the sweep members of {path}; '
                                  'drop it from the command line (or from get_sweep)')
-            name = member_name(member)
+            name = given_name or member_name(member)
             if name in members:
                 raise ValueError(f'{path}: two sweep members are both named {name!r} '
                                  f'({members[name]} and {member})')

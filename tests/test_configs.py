@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from lclmt_jax import configs, losses, models, run_files, validation
+from lclmt_jax import configs, losses, models, run_files, sweeps, validation
 
 EXPERIMENTS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), '..', 'experiments',
                                             '*.py')))
@@ -38,9 +38,8 @@ def test_experiment_configs_validate(path, tmp_path):
     _validate(config, tmp_path)
     assert config.method in losses.METHODS and config.model in models.MODELS
     for member in getattr(module, 'get_sweep', lambda variant: [])(''):
-        member_config = module.get_config()
-        member_config.update(member)
-        _validate(member_config, tmp_path)
+        overrides = {key: value for key, value in member.items() if key != sweeps.NAME_KEY}
+        _validate(sweeps.apply_overrides(module.get_config(), overrides), tmp_path)
 
 
 def test_method_and_model_of_the_named_experiments():

@@ -26,9 +26,11 @@ from lclmt_jax import distributed, run_files, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 2
-# LMT: the loss has no discrete choice (LC-LMT's runner-up), so float summation order, which
-# differs between one process and two, cannot flip a step's gradient.
+# The paper's LMT: its loss has no discrete choice (LC-LMT's runner-up) and its bound no
+# eigendecomposition (the block estimator's Ritz basis), so float summation order, which differs
+# between one process and two, cannot flip a step's gradient or rotate a basis.
 METHOD = 'lmt'
+VARIANT = 'embedded,paper'
 TIMEOUT_S = 240
 _CLUSTER_VARIABLES = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID',
                       'SLURM_LOCALID', 'OMPI_MCA_orte_hnp_uri', 'OMPI_COMM_WORLD_SIZE',
@@ -57,7 +59,7 @@ def _launch_processes(workdir, log_dir, launcher, num_processes=2, devices_per_p
     processes, logs = [], []
     try:
         for index in range(num_processes):
-            args = [sys.executable, 'launch.py', '--config=experiments/mnist_lc.py:embedded',
+            args = [sys.executable, 'launch.py', f'--config=experiments/mnist_lc.py:{VARIANT}',
                     f'--workdir={workdir}', f'--config.num_epochs={EPOCHS}',
                     f'--config.method={METHOD}']
             process_env = dict(env)
@@ -88,7 +90,7 @@ def _mnist_lc_embedded(**overrides):
         'mnist_lc_config', os.path.join(REPO, 'experiments', 'mnist_lc.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config('embedded')
+    config = module.get_config(VARIANT)
     config.update(overrides)
     return config
 
@@ -113,19 +115,20 @@ def test_two_processes_train_like_one_process_with_all_devices(tmp_path, one_pro
     multi, single = lclmt_jax.restore(multi_dir), lclmt_jax.restore(one_process_run)
     assert multi.epoch == single.epoch == EPOCHS
     # One process and two partition the sums differently (~1e-7 per step); 80 Adam steps, which
-    # normalise small gradients, grow that to ~1e-5 of each array's norm. A process that trained
-    # on other rows, or without the other's gradients, is off by > 1e-2.
+    # normalise small gradients, grow that to at most ~7e-4 of an array's norm (one process with
+    # 1 and with 4 devices differ as much). The same 80 steps on other batches (another epoch
+    # order) leave arrays 3e-2 to 3e-1 apart.
     for ours, theirs in zip(jax.tree.leaves((multi.params, multi.model_state)),
                             jax.tree.leaves((single.params, single.model_state)), strict=True):
         ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-        assert np.linalg.norm(ours - theirs) <= 1e-4 * np.linalg.norm(theirs)
+        assert np.linalg.norm(ours - theirs) <= 3e-3 * np.linalg.norm(theirs)
 
     # Only process 0 wrote metrics (one record per epoch, not one per process) and printed them.
     records = run_files.read_metrics(multi_dir)
     assert [r['epoch'] for r in records] == list(range(1, EPOCHS + 1))
-    for key in ('train_loss', 'test_accuracy', 'test_margin'):
+    for key in ('train_loss', 'test_accuracy', 'test_margin'):  # the same drift as the weights
         chex.assert_trees_all_close(records[-1][key],
-                                    run_files.read_metrics(one_process_run)[-1][key], rtol=1e-4)
+                                    run_files.read_metrics(one_process_run)[-1][key], rtol=3e-3)
     assert len(os.listdir(os.path.join(multi_dir, 'tensorboard'))) == 1
     assert f'epoch   {EPOCHS}/{EPOCHS}' in logs[0] and 'epoch ' not in logs[1]
     # Both processes took part in the collective checkpoint (orbax writes one shard per process).

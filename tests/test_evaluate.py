@@ -53,7 +53,7 @@ def test_compare_tabulates_every_evaluator_scalar_and_overlays_curves(trained_wo
     evaluate.evaluate_run(trained_workdir, max_examples=100)
     table = evaluate.compare_runs([trained_workdir], str(tmp_path))
     row = table[0]
-    assert row['run'] == 'LC-LMT(1.0)' and row['epochs'] == 3
+    assert row['run'] == 'LC-LMT-pw(1.0)' and row['epochs'] == 3
     assert row['broken_certificates'] == 0 and 0 <= row['certified_pairwise@0.3'] <= 1
     assert 'attack@1.58' in row and 'lipschitz_sound' in row
     for name in ('fig1a_margins.png', 'fig1b_loss.png', 'fig2_attack.png',

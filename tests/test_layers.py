@@ -151,7 +151,7 @@ def test_dense_layer_vector_update_and_power_iterations_per_call():
     (_, sigma), state = dense.apply(variables, x, train=True, mutable=['lipschitz'])
     expected_sigma, expected_v = bounds.dense_power_iteration(kernel, variables['lipschitz']['v'])
     chex.assert_trees_all_close((sigma, state['lipschitz']['v']), (expected_sigma, expected_v))
-    (_, sigma3), state3 = layers.LipschitzDense(7, power_iterations=3).apply(
+    (_, sigma3), state3 = layers.LipschitzDense(7, estimator=bounds.Estimator(3)).apply(
         variables, x, train=True, mutable=['lipschitz'])
     chex.assert_trees_all_close(
         (sigma3, state3['lipschitz']['v']),

@@ -256,7 +256,8 @@ def test_wrn_16_4_shapes():
 def test_create_model_and_the_unchanged_train_step_run_a_wrn():
     config = configs.default_config()
     config.model = 'wrn'
-    assert models.create_model(config, 10) == WideResNet(16, 4, 10)  # the model's defaults
+    assert models.create_model(config, 10) == WideResNet(  # the model's defaults
+        16, 4, 10, estimator=models.estimator(config))
     config.wrn = ml_collections.ConfigDict({'depth': 10, 'width': 1})  # no zero_init_residual
     config.batch_size = 8
     model = models.create_model(config, 10)

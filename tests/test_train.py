@@ -50,11 +50,13 @@ def test_short_run_lowers_the_loss_and_raises_the_margin(tmp_path):
     for name in ('config.json', 'run.json', 'metrics.jsonl'):
         assert os.path.exists(tmp_path / name)
     assert os.listdir(tmp_path / 'tensorboard')
-    assert json.load(open(tmp_path / 'config.json'))['method'] == 'lc_lmt'
+    assert json.load(open(tmp_path / 'config.json'))['method'] == 'lc_lmt_pairwise'
 
 
-def _one_epoch(devices, embedded, method):
+def _one_epoch(devices, embedded, method, paper):
     config = embedded_config(method=method)
+    if paper:
+        configs.paper_recipe(config)
     mesh = train.make_mesh(devices)
     model = models.create_model(config, embedded.num_classes)
     tx = optimizers.create_optimizer(config, 8)
@@ -67,13 +69,22 @@ def _one_epoch(devices, embedded, method):
     return jax.device_get(state), jax.device_get(metrics)
 
 
-@pytest.mark.parametrize('method', ['lmt', 'lc_lmt'])
-def test_four_devices_follow_the_one_device_trajectory(embedded, method):
+def _spans(vectors):
+    """Each block of power-iteration vectors as the projector onto its span: the default block
+    estimator re-orthonormalises with an eigendecomposition, whose vectors are defined up to sign,
+    so 1 and 4 devices agree on the subspace, not on each vector's sign."""
+    return jax.tree.map(lambda v: v @ v.T if v.ndim == 2 else v, vectors)
+
+
+@pytest.mark.parametrize('method, paper', [('lmt', True), ('lc_lmt', True),
+                                           ('lc_lmt_pairwise', False)])
+def test_four_devices_follow_the_one_device_trajectory(embedded, method, paper):
     assert jax.device_count() == 4
-    one, one_metrics = _one_epoch(jax.devices()[:1], embedded, method)
-    four, four_metrics = _one_epoch(jax.devices(), embedded, method)
+    one, one_metrics = _one_epoch(jax.devices()[:1], embedded, method, paper)
+    four, four_metrics = _one_epoch(jax.devices(), embedded, method, paper)
     chex.assert_trees_all_close(one.params, four.params, rtol=1e-4, atol=1e-6)
-    chex.assert_trees_all_close(one.model_state, four.model_state, rtol=1e-4, atol=1e-6)
+    chex.assert_trees_all_close(*(_spans(state.model_state) for state in (one, four)),
+                                rtol=1e-4, atol=1e-5 if paper else 1e-4)
     chex.assert_trees_all_close(one_metrics.loss.total, four_metrics.loss.total, rtol=1e-5)
     assert float(one_metrics.accuracy.total) == float(four_metrics.accuracy.total)
 
@@ -107,7 +118,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
 
 @pytest.mark.parametrize('overrides, message', [
     ({'method': 'lmtt'}, "unknown config.method 'lmtt'; allowed: plain, lmt, lc_lmt"),
-    ({'model': 'resnet9'}, "unknown config.model 'resnet9'; allowed: mlp, wrn"),
+    ({'model': 'resnet9'}, "unknown config.model 'resnet9'; allowed: cnn, mlp, wrn"),
     ({'epsilon': -0.5}, 'epsilon must be a finite number >= 0, got -0.5'),
     ({'epsilon': float('nan')}, 'epsilon must be a finite number >= 0'),
     ({'batch_size': 102}, 'batch_size=102 is not divisible by the device count 4'),
@@ -217,6 +228,19 @@ def test_the_sound_bound_and_the_inflated_accuracy_are_logged(tmp_path):
                                    record['lipschitz_sound'] / record['lipschitz'], rtol=1e-6)
         # beating the inflated rival implies beating the clean one
         assert 0 <= record['train_accuracy_inflated'] <= record['train_accuracy']
+        np.testing.assert_allclose(record['required_margin_sound'],
+                                   2 ** 0.5 * record['lipschitz_sound'] * config.epsilon)
+        # misclassified points have negative margins: leaving them out raises the mean
+        assert record['train_margin_correct'] >= record['train_margin']
+
+
+def test_the_median_margin_metric_matches_numpy_over_merged_steps():
+    margins = np.random.default_rng(0).normal(0.5, 3.0, size=(7, 301))
+    merged = train.MedianMargin.from_model_output(margin=jnp.asarray(margins[0]))
+    for step in margins[1:]:
+        merged = merged.merge(train.MedianMargin.from_model_output(margin=jnp.asarray(step)))
+    median = np.median(margins)
+    assert abs(float(merged.compute()) - median) <= 0.005 * (1 + abs(median))
 
 
 def test_reconverging_at_an_epoch_start_brings_the_estimate_to_the_norm(embedded):
@@ -227,7 +251,7 @@ def test_reconverging_at_an_epoch_start_brings_the_estimate_to_the_norm(embedded
     state = input_pipeline.replicate(mesh, train.create_train_state(
         model, optimizers.create_optimizer(config, 1), jax.random.key(0), (28, 28, 1)))
     estimate = lambda state: float(train.lipschitz_estimate(model, state, (28, 28, 1)))  # noqa
-    sound = float(train.sound_scalars(model, state, (28, 28, 1), 1.0)['lipschitz_sound'])
+    sound = float(train.sound_scalars(model, state, (28, 28, 1), 1.0, 1.0)['lipschitz_sound'])
     before = estimate(state)
     state = train.make_reconverge(model, config, mesh, embedded.train_images)(state)
     assert before < 0.9 * sound

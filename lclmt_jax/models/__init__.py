@@ -107,6 +107,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
 def init_variables(model: nn.Module, rng: Array, input_shape: Sequence[int]) -> dict:
     """Initializes params, power-iteration vectors and BN statistics for (1, *input_shape) inputs.
 
-    Runs in eval mode (``train=False``).
+    Runs in eval mode (``train=False``), jitted: one compilation instead of dispatching every
+    initializer (orthogonal, QR of the power-iteration blocks) op by op.
     """
-    return model.init({'params': rng}, jnp.zeros((1, *input_shape), jnp.float32))
+    return jax.jit(model.init)({'params': rng}, jnp.zeros((1, *input_shape), jnp.float32))
