@@ -1,9 +1,10 @@
-"""LMT with WRN-16-4 on SVHN (paper Table 1, Figure 2b); epsilon = 1/255 (paper: 0.2, 1.0).
+"""LMT with WRN-16-4 on SVHN (paper Table 1, Figure 2b); epsilon = 1.0 (paper: 0.2, 1.0).
 
-The paper's SVHN radii are read in 0-255 pixel units, as in the LMT reference code: 1.0 -> 1/255
-here, 0.2 -> 0.2/255 (see configs.svhn_variant and docs/SVHN.md).
+Epsilon is an L2 radius in [0, 1] pixel units, as in the LMT reference code from its NeurIPS
+version (commit 4d85e1a) on; arXiv v1's 0-255 reading is --config.epsilon=0.0039216 (1/255).
+See configs.svhn_variant and docs/SVHN.md.
   python launch.py --config=experiments/svhn_lmt.py --workdir=runs/svhn_lmt
-  python launch.py --config=experiments/svhn_lmt.py --workdir=runs/svhn_lmt_0.2 --config.epsilon=0.00078431
+  python launch.py --config=experiments/svhn_lmt.py --workdir=runs/svhn_lmt_0.2 --config.epsilon=0.2
 Offline, put TFDS's svhn_cropped files in a directory and add --config.data.manual_dir=DIR.
 CPU smoke run of the same path (a depth-10, width-1 WRN, 2 epochs): --config=experiments/svhn_lmt.py:smoke
 Table 1 from several runs: python launch.py --mode=compare --workdir=runs/svhn_table \

@@ -24,7 +24,7 @@ def test_svhn_variant_turns_the_stability_fixes_on_and_validates_them():
     assert config.grad_clip_norm == 10.0 and config.wrn.zero_init_residual
     assert config.data.pipeline == 'host'
     full = configs.svhn_variant(configs.default_config(), '')
-    assert full.epsilon == 1 / 255 and full.epsilon_warmup_epochs == 5  # 0-255 units, see docs
+    assert full.epsilon == 1.0 and full.epsilon_warmup_epochs == 5  # [0, 1] units (LMT code v2+)
     assert configs.default_config().epsilon_warmup_epochs == 0  # MNIST MLP: unchanged
     assert configs.default_config().grad_clip_norm is None  # MNIST MLP: unchanged
     assert 'wrn' not in configs.default_config()  # the MLP's config has no WRN section
