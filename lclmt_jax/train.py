@@ -41,6 +41,7 @@ from lclmt_jax import (
     optimizers,
     run_files,
     validation,
+    writers,
 )
 
 Array = jax.Array
@@ -504,8 +505,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     run_files.save_json(workdir, run_files.CONFIG_FILE, config_dict)
     run_files.save_json(workdir, run_files.RUN_INFO_FILE, run_info)
     run_files.truncate_metrics(workdir, start_epoch)
-    from lclmt_jax import writers  # imports TensorFlow for TensorBoard: only training needs it
-
     writer = writers.create_writer(workdir, config.num_epochs)
     report_progress = writers.create_progress(config.num_epochs, writer, start_epoch)
     train_epoch, evaluate = make_pipeline(config, dataset, model, mesh, state.params)

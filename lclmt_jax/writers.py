@@ -1,13 +1,13 @@
-"""Where metrics go: clu metric writers for ``metrics.jsonl``, TensorBoard and one console line.
+"""Where metrics go: ``metrics.jsonl``, TensorBoard event files and one console line.
 
-The trainer writes every epoch's scalars through one clu ``MultiWriter`` and flushes it at the
-end of the epoch: TensorBoard event files (clu's ``SummaryWriter``), one JSON record per epoch
-in ``metrics.jsonl`` (the file the reports and ``--mode=compare`` read) and one line on the
-console, whose time left comes from clu's ``ReportProgress``. Only process 0 writes, so a
-multi-host run leaves one copy of the truth.
+The trainer writes every epoch's scalars through one ``MultiWriter`` and flushes it at the end
+of the epoch: one JSON record per epoch in ``metrics.jsonl`` (the file the reports and
+``--mode=compare`` read), TensorBoard event files and one console line with the time left. Only
+process 0 writes, so a multi-host run leaves one copy of the truth.
 
-clu's writers import TensorFlow (for TensorBoard), so only ``train_and_evaluate`` imports this
-module: the step functions, benchmarks and evaluation run without it.
+The writers follow clu's ``MetricWriter`` interface (``write_scalars``, ``flush``, ``close``) but
+not its classes: importing anything from ``clu.metric_writers`` imports TensorFlow (~3-8 s, 5-10%
+of a paper-MLP run); TensorBoard's record format is written here with plain file I/O.
 """
 
 from __future__ import annotations
@@ -15,22 +15,22 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from collections.abc import Mapping
+import socket
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-from clu import metric_writers, periodic_actions
-from clu.metric_writers import interface
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from lclmt_jax.run_files import METRICS_FILE
 
 
-class ScalarWriter(interface.MetricWriter):
-    """A clu writer that keeps the scalars of each step until ``flush``; other kinds are dropped.
-
-    Subclasses implement ``write_record(step, scalars)``, called once per step at ``flush`` with
-    everything written for that step (several ``write_scalars`` calls are merged).
-    """
+class ScalarWriter:
+    """Keeps the scalars of each step until ``flush`` (clu's ``MetricWriter`` interface, scalars
+    only). Subclasses implement ``write_record(step, scalars)``, called once per step at
+    ``flush`` with everything written for that step (several ``write_scalars`` calls merged)."""
 
     def __init__(self):
         self._pending: dict[int, dict[str, float]] = {}
@@ -50,26 +50,57 @@ class ScalarWriter(interface.MetricWriter):
     def close(self) -> None:
         self.flush()
 
-    def write_summaries(self, step, values, metadata=None):
-        pass
 
-    def write_images(self, step, images):
-        pass
+class MultiWriter:
+    """Sends every call to each of ``writers`` (clu's ``MultiWriter``, scalars only)."""
 
-    def write_videos(self, step, videos):
-        pass
+    def __init__(self, writers: Sequence[ScalarWriter]):
+        self.writers = list(writers)
 
-    def write_audios(self, step, audios, *, sample_rate):
-        pass
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        for writer in self.writers:
+            writer.write_scalars(step, scalars)
 
-    def write_texts(self, step, texts):
-        pass
+    def flush(self) -> None:
+        for writer in self.writers:
+            writer.flush()
 
-    def write_histograms(self, step, arrays, num_buckets=None):
-        pass
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
 
-    def write_hparams(self, hparams):
-        pass
+
+class TensorBoardWriter(ScalarWriter):
+    """Scalars as TensorBoard events in ``logdir`` (``tensorboard --logdir``), one per name.
+
+    One event file per writer, in TensorBoard's record format, written with plain file I/O:
+    TensorBoard's ``EventFileWriter`` would import TensorFlow for ``tf.io.gfile`` when installed.
+    """
+
+    def __init__(self, logdir: str):
+        super().__init__()
+        os.makedirs(logdir, exist_ok=True)
+        name = f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.0'
+        self._records = RecordWriter(open(os.path.join(logdir, name), 'wb'))  # noqa: SIM115
+        self._add(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
+
+    def _add(self, event: event_pb2.Event) -> None:
+        self._records.write(event.SerializeToString())
+
+    def write_record(self, step: int, scalars: Mapping[str, float]) -> None:
+        values = [summary_pb2.Summary.Value(tag=name, simple_value=value)
+                  for name, value in scalars.items()]
+        self._add(event_pb2.Event(wall_time=time.time(), step=step,
+                                  summary=summary_pb2.Summary(value=values)))
+
+    def flush(self) -> None:
+        super().flush()
+        self._records.flush()
+
+    def close(self) -> None:
+        super().close()
+        if not self._records.closed:
+            self._records.close()
 
 
 class JsonlWriter(ScalarWriter):
@@ -111,26 +142,37 @@ def progress_line(epoch: int, num_epochs: int, scalars: Mapping[str, float]) -> 
     return line
 
 
-def create_writer(workdir: str, num_epochs: int) -> metric_writers.MetricWriter:
+def create_writer(workdir: str, num_epochs: int) -> MultiWriter:
     """metrics.jsonl + TensorBoard + console on process 0; nothing elsewhere."""
     if jax.process_index() != 0:
-        return metric_writers.MultiWriter([])
+        return MultiWriter([])
     os.makedirs(workdir, exist_ok=True)
-    return metric_writers.MultiWriter([
+    return MultiWriter([
         JsonlWriter(os.path.join(workdir, METRICS_FILE)),
-        metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard')),
+        TensorBoardWriter(os.path.join(workdir, 'tensorboard')),
         ConsoleWriter(num_epochs),
     ])
 
 
-def create_progress(num_epochs: int, writer: metric_writers.MetricWriter,
-                    start_epoch: int) -> periodic_actions.ReportProgress:
-    """clu's progress reporter, one step per epoch, started at ``start_epoch``.
+class ReportProgress:
+    """Adds ``steps_per_sec`` (epochs per second since the first call, for the console's ETA)
+    and ``uptime`` (seconds since the first call) to ``writer`` for each epoch it is called with,
+    as clu's ``periodic_actions.ReportProgress`` does with one step per epoch."""
 
-    Call it with each finished epoch before writing that epoch's scalars: it adds
-    ``steps_per_sec`` (epochs per second, for the console's ETA) and ``uptime``.
-    """
-    progress = periodic_actions.ReportProgress(num_train_steps=num_epochs, writer=writer,
-                                               every_steps=1, every_secs=None)
-    progress(start_epoch)
-    return progress
+    def __init__(self, writer: MultiWriter, start_epoch: int):
+        self.writer = writer
+        self.start_epoch = start_epoch
+        self.start_time = time.monotonic()
+
+    def __call__(self, epoch: int) -> None:
+        elapsed = time.monotonic() - self.start_time
+        if epoch > self.start_epoch and elapsed > 0:
+            self.writer.write_scalars(epoch, {
+                'steps_per_sec': (epoch - self.start_epoch) / elapsed, 'uptime': elapsed})
+
+
+def create_progress(num_epochs: int, writer: MultiWriter, start_epoch: int) -> ReportProgress:
+    """The progress reporter, started at ``start_epoch``; call it with each finished epoch
+    before writing that epoch's scalars. (``num_epochs``: the console writer's ETA uses it.)"""
+    del num_epochs
+    return ReportProgress(writer, start_epoch)

@@ -1,0 +1,41 @@
+"""The metric writers: metrics.jsonl, TensorBoard events (readable without TensorFlow), progress."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+from lclmt_jax import writers
+
+
+def test_one_record_per_epoch_in_jsonl_and_tensorboard(tmp_path, capsys):
+    writer = writers.create_writer(str(tmp_path), num_epochs=2)
+    progress = writers.create_progress(2, writer, start_epoch=0)
+    for epoch in (1, 2):
+        progress(epoch)
+        scalars = {'train_loss': 1.0 / epoch, 'train_accuracy': 0.5, 'test_accuracy': 0.5,
+                   'lipschitz': 2.0, 'test_margin': 0.1, 'required_margin': 0.2,
+                   'test_bound_met': 0.0, 'epoch_seconds': 0.01}
+        writer.write_scalars(epoch, scalars)
+        writer.flush()
+    writer.close()
+    records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+    assert [r['epoch'] for r in records] == [1, 2]
+    assert records[1]['train_loss'] == pytest.approx(0.5)
+    assert records[1]['steps_per_sec'] > 0 and records[1]['uptime'] > 0
+    events = event_accumulator.EventAccumulator(str(tmp_path / 'tensorboard'))
+    events.Reload()
+    losses = [(e.step, e.value) for e in events.Scalars('train_loss')]
+    assert losses == [(1, pytest.approx(1.0)), (2, pytest.approx(0.5))]
+    assert 'ETA' in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_the_trainer_and_its_writers_do_not_import_tensorflow(tmp_path):
+    code = ('import sys, lclmt_jax.train; from lclmt_jax import writers; '
+            f'w = writers.TensorBoardWriter({str(tmp_path)!r}); w.write_scalars(1, {{"a": 1}}); '
+            'w.close(); sys.exit("tensorflow" in sys.modules)')
+    assert subprocess.run([sys.executable, '-c', code], cwd=os.path.dirname(
+        os.path.dirname(os.path.abspath(__file__)))).returncode == 0
