@@ -31,6 +31,9 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'compare'],
 _RUNS = flags.DEFINE_list('runs', [], 'compare mode: workdirs of the runs to overlay.')
 _MAX_EXAMPLES = flags.DEFINE_integer('max_examples', None,
                                      'evaluate mode, --sweep: only the first N test examples.')
+_ATTACK_EXAMPLES = flags.DEFINE_integer(
+    'attack_examples', None, 'evaluate mode, train mode with --evaluators: attack only the first '
+    'N test examples (certificates still cover all of them): CW-L2 on a CNN is slow on a CPU.')
 _EVALUATORS = flags.DEFINE_list('evaluators', None, 'evaluate mode: these evaluators instead of '
                                 'the run\'s config.evaluators; train mode: run them on the trained '
                                 'model when training ends (one process).')
@@ -116,10 +119,11 @@ def main(argv: list[str]) -> None:
                 raise ValueError('--config is required to train')
             train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
             if _EVALUATORS.value:
-                evaluate.evaluate_run(_WORKDIR.value, _MAX_EXAMPLES.value, _EVALUATORS.value)
+                evaluate.evaluate_run(_WORKDIR.value, _MAX_EXAMPLES.value, _EVALUATORS.value,
+                                      attack_examples=_ATTACK_EXAMPLES.value)
         elif _MODE.value == 'evaluate':
             evaluate.evaluate_run(_WORKDIR.value, _MAX_EXAMPLES.value, _EVALUATORS.value,
-                                  _CHECKPOINT.value)
+                                  _CHECKPOINT.value, _ATTACK_EXAMPLES.value)
         else:
             if not _RUNS.value:
                 raise ValueError('--runs=DIR1,DIR2,... is required in compare mode')

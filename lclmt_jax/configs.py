@@ -82,6 +82,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.attack.learning_rate = 0.1
     config.attack.initial_const = 1.0
     config.attack.batch_size = 10000
+    # Attack only the first this many test points (None: all); certificates cover all of them.
+    config.attack.max_examples = ml_collections.config_dict.placeholder(int)
     return config
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -47,11 +48,14 @@ def _write_csv(path: str, columns: dict[str, np.ndarray]) -> None:
 
 
 def evaluate_run(workdir: str, max_examples: int | None = None,
-                 evaluators: Sequence[str] | None = None, epoch: int | None = None) -> dict:
+                 evaluators: Sequence[str] | None = None, epoch: int | None = None,
+                 attack_examples: int | None = None) -> dict:
     """Runs the evaluators (default: the run's ``config.evaluators``) on its test set.
 
     Uses the newest checkpoint that restores (or that of ``epoch``); writes the files and
-    figures and returns the summary (``evaluation.json``).
+    figures and returns the summary (``evaluation.json``). ``max_examples``: only the first test
+    points, for every evaluator; ``attack_examples``: the attack only (the run's
+    ``config.attack.max_examples`` otherwise).
     """
     started = time.perf_counter()
     restored = restore(workdir, epoch)
@@ -66,6 +70,9 @@ def evaluate_run(workdir: str, max_examples: int | None = None,
     images = np.asarray(data.to_float(jnp.asarray(dataset.test_images[:count])))
     labels = dataset.test_labels[:count].astype(np.int32)
     context = Context(restored, images, labels)
+    if attack_examples is not None:
+        context.config = ml_collections.ConfigDict(config.to_dict())
+        context.config.attack.max_examples = attack_examples
     results = {name: function(context) for name, function in zip(names, functions, strict=True)}
     summary = {'workdir': os.path.abspath(workdir), 'epoch': restored.epoch,
                'label': run_label(config), 'evaluators': list(names),

@@ -49,6 +49,18 @@ def test_evaluators_are_chosen_by_name(trained_workdir):
         evaluate.evaluate_run(trained_workdir, max_examples=50, evaluators=['pgd'])
 
 
+def test_the_attack_can_cover_fewer_points_than_the_certificates(trained_workdir):
+    results = evaluate.evaluate_run(trained_workdir, max_examples=60, attack_examples=20)
+    assert results['num_examples'] == 60 and results['attack_examples'] == 20
+    assert results['broken_certificates_both'] == 0
+    with open(os.path.join(trained_workdir, evaluate.EVALUATION_DIR, 'per_example.csv')) as f:
+        norms = [float(row.split(',')[-1]) for row in f.read().splitlines()[1:]]
+    header = open(os.path.join(trained_workdir, evaluate.EVALUATION_DIR,
+                               'per_example.csv')).readline().strip().split(',')
+    assert header[-1] == 'attack_norm' and len(norms) == 60
+    assert not np.isnan(norms[:20]).any() and np.isnan(norms[20:]).all()
+
+
 def test_compare_tabulates_every_evaluator_scalar_and_overlays_curves(trained_workdir, tmp_path):
     evaluate.evaluate_run(trained_workdir, max_examples=100)
     table = evaluate.compare_runs([trained_workdir], str(tmp_path))
