@@ -49,7 +49,8 @@ def _save(fig, path: str) -> str:
 def plot_margins(runs: Mapping[str, Records], path: str) -> str:
     """Fig. 1a: mean margin (solid) and mean required margin (dashed) per epoch, runs overlaid.
 
-    Training-set means over each epoch's steps, with L the training-time estimate.
+    Training-set means over each epoch's steps, with L the training-time estimate; the required
+    margin is the run's method's: sqrt(2)·L·eps (global) or eps·K_tv (pairwise).
     """
     fig, ax = plt.subplots(figsize=(6, 4))
     for index, (label, records) in enumerate(runs.items()):
@@ -57,7 +58,7 @@ def plot_margins(runs: Mapping[str, Records], path: str) -> str:
         epochs = [r['epoch'] for r in records]
         ax.plot(epochs, [r['train_margin'] for r in records], color=color, label=f'{label} margin')
         ax.plot(epochs, [r['train_required_margin'] for r in records], color=color,
-                linestyle='--', label=f'{label} required √2·L·ε')
+                linestyle='--', label=f'{label} required margin')
     ax.set_xlabel('epoch')
     ax.set_ylabel('mean over training batches')
     ax.set_title('Margin vs required margin')
