@@ -506,7 +506,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     run_files.save_json(workdir, run_files.RUN_INFO_FILE, run_info)
     run_files.truncate_metrics(workdir, start_epoch)
     writer = writers.create_writer(workdir, config.num_epochs)
-    report_progress = writers.create_progress(config.num_epochs, writer, start_epoch)
+    report_progress = writers.create_progress(writer, start_epoch)
     train_epoch, evaluate = make_pipeline(config, dataset, model, mesh, state.params)
     reconverge = make_reconverge(model, config, mesh, dataset.train_images)
     epsilon_at = losses.epsilon_schedule(config, steps_per_epoch)

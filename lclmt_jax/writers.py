@@ -171,8 +171,7 @@ class ReportProgress:
                 'steps_per_sec': (epoch - self.start_epoch) / elapsed, 'uptime': elapsed})
 
 
-def create_progress(num_epochs: int, writer: MultiWriter, start_epoch: int) -> ReportProgress:
+def create_progress(writer: MultiWriter, start_epoch: int) -> ReportProgress:
     """The progress reporter, started at ``start_epoch``; call it with each finished epoch
-    before writing that epoch's scalars. (``num_epochs``: the console writer's ETA uses it.)"""
-    del num_epochs
+    before writing that epoch's scalars."""
     return ReportProgress(writer, start_epoch)

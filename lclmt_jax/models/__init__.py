@@ -61,6 +61,27 @@ class ModelOutput(NamedTuple):
     head_kernel: Array
 
 
+def check_widths(widths: Any, name: str) -> None:
+    """Raises ValueError unless ``widths`` (``name`` in the config) is a sequence of positive
+    ints: the dense layer widths of a model."""
+    if isinstance(widths, str) or not all(isinstance(width, int) and width > 0
+                                          for width in widths):
+        raise ValueError(f'{name} must be positive ints, got {widths!r}')
+
+
+def dense_stack(h: Array, widths: Sequence[int], activation: Any, body_lipschitz: Any, *,
+                train: bool, sound: bool, estimator: bounds.Estimator,
+                kernel_init: Any) -> tuple[Array, Any]:
+    """Dense layers of ``widths``, each followed by ``activation`` (an ``ACTIVATIONS`` entry),
+    on the flat features ``h``; returns the features and ``body_lipschitz`` chained with every
+    layer's and activation's bound. Call it inside a model's ``@nn.compact __call__``."""
+    for width in widths:
+        h, layer_bound = LipschitzDense(width, kernel_init, estimator)(h, train=train, sound=sound)
+        h, activation_bound = activation(h)
+        body_lipschitz = bounds.chain(body_lipschitz, layer_bound, activation_bound)
+    return h, body_lipschitz
+
+
 def lipschitz_head(h: Array, body_lipschitz: Any, num_classes: int, *, train: bool,
                    sound: bool, estimator: bounds.Estimator = bounds.Estimator(),
                    kernel_init: Any = nn.initializers.lecun_normal()) -> ModelOutput:

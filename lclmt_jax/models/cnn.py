@@ -14,8 +14,15 @@ import jax
 
 from lclmt_jax import bounds
 from lclmt_jax.activations import ACTIVATIONS
-from lclmt_jax.layers import LipschitzConv, LipschitzDense
-from lclmt_jax.models import MODELS, ModelOutput, initializer, lipschitz_head
+from lclmt_jax.layers import LipschitzConv
+from lclmt_jax.models import (
+    MODELS,
+    ModelOutput,
+    check_widths,
+    dense_stack,
+    initializer,
+    lipschitz_head,
+)
 
 Array = jax.Array
 
@@ -44,9 +51,7 @@ class CNN(nn.Module):
                    for conv in self.convs):
             raise ValueError('cnn.convs must be (features, kernel size, stride) triples of '
                              f'positive ints, got {self.convs!r}')
-        if isinstance(self.dense, str) or not all(isinstance(width, int) and width > 0
-                                                  for width in self.dense):
-            raise ValueError(f'cnn.dense must be positive ints, got {self.dense!r}')
+        check_widths(self.dense, 'cnn.dense')
         super().__post_init__()
 
     @nn.compact
@@ -60,9 +65,7 @@ class CNN(nn.Module):
             h, activation_bound = activation(h)
             body_lipschitz = bounds.chain(body_lipschitz, layer_bound, activation_bound)
         h = h.reshape((h.shape[0], -1))
-        for width in self.dense:
-            h, layer_bound = LipschitzDense(width, init, self.estimator)(h, **kw)
-            h, activation_bound = activation(h)
-            body_lipschitz = bounds.chain(body_lipschitz, layer_bound, activation_bound)
+        h, body_lipschitz = dense_stack(h, self.dense, activation, body_lipschitz,
+                                        estimator=self.estimator, kernel_init=init, **kw)
         return lipschitz_head(h, body_lipschitz, self.num_classes, estimator=self.estimator,
                               kernel_init=init, **kw)

@@ -9,8 +9,14 @@ import jax
 
 from lclmt_jax import bounds
 from lclmt_jax.activations import ACTIVATIONS
-from lclmt_jax.layers import LipschitzDense
-from lclmt_jax.models import MODELS, ModelOutput, initializer, lipschitz_head
+from lclmt_jax.models import (
+    MODELS,
+    ModelOutput,
+    check_widths,
+    dense_stack,
+    initializer,
+    lipschitz_head,
+)
 
 Array = jax.Array
 
@@ -32,9 +38,7 @@ class MLP(nn.Module):
     def __post_init__(self):
         ACTIVATIONS.get(self.activation, 'activation')
         initializer(self.weight_init)
-        if isinstance(self.hidden_sizes, str) or not all(
-                isinstance(width, int) and width > 0 for width in self.hidden_sizes):
-            raise ValueError(f'mlp.hidden_sizes must be positive ints, got {self.hidden_sizes!r}')
+        check_widths(self.hidden_sizes, 'mlp.hidden_sizes')
         super().__post_init__()
 
     @nn.compact
@@ -42,10 +46,8 @@ class MLP(nn.Module):
         activation, init = ACTIVATIONS.get(self.activation), initializer(self.weight_init)
         h = x.reshape((x.shape[0], -1))
         body_lipschitz = 1.0
-        for width in self.hidden_sizes:
-            h, layer_bound = LipschitzDense(width, init, self.estimator)(h, train=train,
-                                                                         sound=sound)
-            h, activation_bound = activation(h)
-            body_lipschitz = bounds.chain(body_lipschitz, layer_bound, activation_bound)
+        h, body_lipschitz = dense_stack(h, self.hidden_sizes, activation, body_lipschitz,
+                                        train=train, sound=sound, estimator=self.estimator,
+                                        kernel_init=init)
         return lipschitz_head(h, body_lipschitz, self.num_classes, train=train, sound=sound,
                               estimator=self.estimator, kernel_init=init)
