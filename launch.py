@@ -53,14 +53,6 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process: 0 .. num_p
 flags.mark_flag_as_required('workdir')
 
 
-def one_line(error: BaseException) -> str:
-    """An error as one line: its message if that is one line, else the message's last line (the
-    cause, in ml_collections' and absl's multi-line reports)."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    line = lines[-1] if lines else type(error).__name__
-    return line.removeprefix('ValueError: ')
-
-
 def _unknown_override(argv: list[str]) -> str | None:
     """The first ``--config.FIELD=...`` of ``argv`` that names no field of the config, or None."""
     from lclmt_jax import configs  # ml_collections only
@@ -90,6 +82,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except Exception as error:  # noqa: BLE001 -- any failure here is a bad command line
+        from lclmt_jax.console import one_line
+
         try:
             message = _unknown_override(argv) or one_line(error)
         except Exception:  # noqa: BLE001 -- the file itself is broken: report the first error
@@ -104,6 +98,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     # Imported here so that --help and flag errors do not wait for JAX and TensorFlow.
     from lclmt_jax import distributed, evaluate, sweeps, train
+    from lclmt_jax.console import one_line
 
     try:
         # Before anything touches a JAX backend.

@@ -19,7 +19,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lclmt_jax import configs, input_pipeline, models, optimizers, train  # noqa: E402
+from lclmt_jax import configs, input_pipeline, train  # noqa: E402
 
 TRAININGS = {'plain': ('plain', ''), 'lc_lmt_paper': ('lc_lmt', 'paper'),
              'lc_lmt_default': ('lc_lmt_pairwise', '')}
@@ -29,12 +29,10 @@ def make_epoch(training: str, num_examples: int, batch_size: int):
     method, variant = TRAININGS[training]
     config = configs.mnist_variant(configs.default_config(), variant)
     config.method, config.batch_size = method, batch_size
-    mesh = train.make_mesh()
-    model = models.create_model(config, 10)
-    tx = optimizers.create_optimizer(config, num_examples // batch_size)
-    state = input_pipeline.replicate(mesh, train.create_train_state(model, tx, jax.random.key(0),
-                                                                    (28, 28, 1)))
-    return train.make_train_epoch(model, config, mesh, num_examples), state, mesh
+    trainer = train.create_trainer(config, (28, 28, 1), 10, num_examples // batch_size)
+    epoch = input_pipeline.device_train_epoch(trainer.train_step, trainer.mesh, batch_size,
+                                              num_examples)
+    return epoch, trainer.state, trainer.mesh
 
 
 def main() -> None:

@@ -2,9 +2,10 @@
 
   python benchmarks/bench_wrn.py --repeats 5
 
-The step is the trainer's own (``train.make_jitted_train_step``, the ``host`` pipeline's jitted
-step on a global batch sharded over the mesh), built from ``configs.svhn_variant`` exactly as a run
-builds it (its optimizer, gradient clipping, folded BN bounds). Compilation is timed separately;
+The step is the trainer's own (``input_pipeline.accumulating_step``, the ``host`` pipeline's
+jitted step on a global batch sharded over the mesh), built from ``configs.svhn_variant``
+exactly as a run builds it (its optimizer, gradient clipping, folded BN bounds). Compilation is
+timed separately;
 then ``--repeats`` rounds, each timing ``--steps`` consecutive steps per method with the methods
 interleaved so that machine noise hits both alike, and the median per-step time is reported.
 Pixel values do not change the cost, so the images are random uint8. LC-LMT's extra work over
@@ -21,7 +22,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lclmt_jax import configs, input_pipeline, models, optimizers, train  # noqa: E402
+from lclmt_jax import configs, input_pipeline, metrics, train  # noqa: E402
 
 SHAPE = (32, 32, 3)
 
@@ -31,13 +32,10 @@ def make_step(method: str, args: argparse.Namespace):
     config = configs.svhn_variant(configs.default_config(), '')
     config.method, config.batch_size = method, args.batch_size
     config.wrn.depth, config.wrn.width = args.depth, args.width
-    mesh = train.make_mesh()
-    model = models.create_model(config, 10)
-    tx = optimizers.create_optimizer(config, steps_per_epoch=args.batches)
-    state = train.create_train_state(model, tx, jax.random.key(0), SHAPE)
-    step = train.make_jitted_train_step(model, config, mesh, args.batches)
-    metrics = input_pipeline.replicate(mesh, train.TrainMetrics.empty())
-    return step, input_pipeline.replicate(mesh, state), metrics, mesh
+    trainer = train.create_trainer(config, SHAPE, 10, steps_per_epoch=args.batches)
+    step = input_pipeline.accumulating_step(trainer.train_step, trainer.mesh)
+    totals = input_pipeline.replicate(trainer.mesh, metrics.TrainMetrics.empty())
+    return step, trainer.state, totals, trainer.mesh
 
 
 def main() -> None:
@@ -56,18 +54,18 @@ def main() -> None:
 
     runners, times = {}, {}
     for method in ('plain', 'lc_lmt'):
-        step, state, metrics, mesh = make_step(method, args)
+        step, state, totals, mesh = make_step(method, args)
         batches = [input_pipeline.to_global_batch(mesh, (images[i::args.batches],
                                                          labels[i::args.batches]))
                    for i in range(args.batches)]
         started = time.perf_counter()
-        compiled = step.lower(state, metrics, *batches[0]).compile()
+        compiled = step.lower(state, totals, *batches[0]).compile()
         compile_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        state, metrics = jax.block_until_ready(compiled(state, metrics, *batches[0]))
+        state, totals = jax.block_until_ready(compiled(state, totals, *batches[0]))
         print(f'{method}: compile {compile_seconds:.1f}s, first step '
               f'{time.perf_counter() - started:.2f}s', flush=True)
-        runners[method] = {'step': compiled, 'state': state, 'metrics': metrics,
+        runners[method] = {'step': compiled, 'state': state, 'metrics': totals,
                            'batches': batches}
         times[method] = []
     count = 1

@@ -34,8 +34,8 @@ from lclmt_jax import (  # noqa: E402
     attacks,
     certify,
     input_pipeline,
+    metrics,
     models,
-    optimizers,
     train,
 )
 
@@ -70,31 +70,26 @@ def random_images(count: int, shape: tuple[int, ...], seed: int = 0):
 
 def epoch_seconds(config, shape: tuple[int, ...], examples: int, repeats: int) -> float:
     """Median time of the trainer's jitted on-device epoch over ``examples`` random images."""
-    mesh = train.make_mesh()
-    model = models.create_model(config, 10)
-    tx = optimizers.create_optimizer(config, examples // config.batch_size)
-    holder = {'state': input_pipeline.replicate(mesh, train.create_train_state(
-        model, tx, jax.random.key(0), shape))}
-    arrays = input_pipeline.replicate(mesh, random_images(examples, shape))
-    epoch = train.make_train_epoch(model, config, mesh, examples)
+    trainer = train.create_trainer(config, shape, 10, examples // config.batch_size)
+    holder = {'state': trainer.state}
+    arrays = input_pipeline.replicate(trainer.mesh, random_images(examples, shape))
+    epoch = input_pipeline.device_train_epoch(trainer.train_step, trainer.mesh,
+                                              config.batch_size, examples)
 
     def run():
-        holder['state'], metrics = epoch(holder['state'], *arrays, jax.random.key(1))
-        return metrics
+        holder['state'], totals = epoch(holder['state'], *arrays, jax.random.key(1))
+        return totals
 
     return median_seconds(run, repeats)
 
 
 def step_seconds(config, shape: tuple[int, ...], steps: int, repeats: int) -> float:
     """Median time per step of the trainer's jitted step (host pipeline), ``steps`` per run."""
-    mesh = train.make_mesh()
-    model = models.create_model(config, 10)
-    tx = optimizers.create_optimizer(config, steps)
-    holder = {'state': input_pipeline.replicate(mesh, train.create_train_state(
-        model, tx, jax.random.key(0), shape)),
-        'metrics': input_pipeline.replicate(mesh, train.TrainMetrics.empty())}
-    batch = input_pipeline.to_global_batch(mesh, random_images(config.batch_size, shape))
-    step = train.make_jitted_train_step(model, config, mesh, steps)
+    trainer = train.create_trainer(config, shape, 10, steps)
+    holder = {'state': trainer.state,
+              'metrics': input_pipeline.replicate(trainer.mesh, metrics.TrainMetrics.empty())}
+    batch = input_pipeline.to_global_batch(trainer.mesh, random_images(config.batch_size, shape))
+    step = input_pipeline.accumulating_step(trainer.train_step, trainer.mesh)
 
     def run():
         for _ in range(steps):

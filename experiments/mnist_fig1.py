@@ -36,7 +36,7 @@ def get_sweep(variant: str = ''):
     del variant
     tracked = {'bound.subspace_size': 16, 'bound.exact_below': 16}
     # CW-L2 on the first 1,000 test points for the CNN (the certificates cover all 10,000).
-    lmt_code = {'model': 'cnn', 'batch_size': 50, 'num_epochs': 20, 'attack.max_examples': 1000}
+    lmt_code = {'model': 'cnn', 'batch_size': 50, 'num_epochs': 20, 'evals.cw_l2.max_examples': 1000}
     return [
         {'member': 'tracked_lmt', 'method': 'lmt_pairwise', **tracked},
         {'member': 'tracked_lc_lmt', 'method': 'lc_lmt_pairwise', **tracked},

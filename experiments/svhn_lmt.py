@@ -1,8 +1,6 @@
 """LMT with WRN-16-4 on SVHN (paper Table 1, Figure 2b); epsilon = 1.0 (paper: 0.2, 1.0).
 
-Epsilon is an L2 radius in [0, 1] pixel units, as in the LMT reference code from its NeurIPS
-version (commit 4d85e1a) on; arXiv v1's 0-255 reading is --config.epsilon=0.0039216 (1/255).
-See configs.svhn_variant and docs/SVHN.md.
+Epsilon in [0, 1] pixel units; why, and the other reading: configs.svhn_variant, docs/SVHN.md.
   python launch.py --config=experiments/svhn_lmt.py --workdir=runs/svhn_lmt
   python launch.py --config=experiments/svhn_lmt.py --workdir=runs/svhn_lmt_0.2 --config.epsilon=0.2
 Offline, put TFDS's svhn_cropped files in a directory and add --config.data.manual_dir=DIR.

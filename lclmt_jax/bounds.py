@@ -45,7 +45,8 @@ def require_concrete(value: Any, what: str) -> np.ndarray:
 
 
 class Estimator(NamedTuple):
-    """How the training estimate of a layer's norm is computed (``config.bound``).
+    """How the training estimate of a layer's norm is computed (``config.bound``, whose defaults
+    a run uses; layers built directly in Python default to ``ONE_VECTOR``).
 
     Attributes:
       power_iterations: iterations per update (each layer, each training step).
@@ -55,9 +56,13 @@ class Estimator(NamedTuple):
         (``dense_exact_norm``), e.g. a 10-class head, where that is the cheapest.
     """
 
-    power_iterations: int = 1
-    subspace_size: int = 1
-    exact_below: int = 0
+    power_iterations: int
+    subspace_size: int
+    exact_below: int
+
+
+# The papers' estimator (Tsuzuku et al.; Ono et al.): one vector per layer, one step per update.
+ONE_VECTOR = Estimator(power_iterations=1, subspace_size=1, exact_below=0)
 
 
 # ----------------------------------------------------------------------------- composition

@@ -23,12 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import orbax.checkpoint as ocp
+
+from lclmt_jax import console
 
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_SUFFIX = '.damaged'
@@ -41,12 +42,6 @@ class NoCheckpointError(FileNotFoundError):
 
 class DamagedCheckpointError(ValueError):
     """A checkpoint's files do not match its manifest."""
-
-
-def _first_line(error: Exception) -> str:
-    """``Type: first line of the message`` (at most 200 characters), for one-line reports."""
-    message = (str(error).strip().splitlines() or [''])[0][:200]
-    return f'{type(error).__name__}: {message}' if message else type(error).__name__
 
 
 def _digest(path: str) -> str:
@@ -86,7 +81,8 @@ def verify(directory: str) -> bool:
         with open(path) as f:
             manifest = json.load(f)
     except (OSError, ValueError) as error:
-        raise DamagedCheckpointError(f'unreadable manifest ({_first_line(error)})') from None
+        raise DamagedCheckpointError(
+            f'unreadable manifest ({console.one_line(error, with_type=True)})') from None
     for name, (size, digest) in manifest.items():
         file = os.path.join(directory, name)
         if not os.path.isfile(file):
@@ -123,12 +119,6 @@ def step_directory(manager: ocp.CheckpointManager, epoch: int) -> str:
     return os.path.join(str(manager.directory), str(epoch))
 
 
-def say(line: str) -> None:
-    """One line on stderr from process 0: what the user must know about their checkpoints."""
-    if jax.process_index() == 0:
-        print(line, file=sys.stderr, flush=True)
-
-
 def _move_aside(manager: ocp.CheckpointManager, epoch: int, error: Exception) -> None:
     """Renames a damaged checkpoint to ``<epoch>.damaged`` (process 0) and warns in one line."""
     path = step_directory(manager, epoch)
@@ -138,7 +128,9 @@ def _move_aside(manager: ocp.CheckpointManager, epoch: int, error: Exception) ->
         while os.path.exists(target):
             target, suffix = f'{path}{DAMAGED_SUFFIX}{suffix}', suffix + 1
         os.rename(path, target)
-    say(f'warning: checkpoint {path} is damaged ({_first_line(error)}); moved aside to {target}')
+    console.say(f'warning: checkpoint {path} is damaged '
+                f'({console.one_line(error, with_type=True)}); moved aside to {target}',
+                stderr=True)
     manager.reload()
 
 
@@ -208,7 +200,8 @@ def restore_variables(workdir: str, epoch: int | None = None) -> SavedModel:
                 return _read_model(manager, epoch)
             except Exception as error:  # noqa: BLE001 -- explicit choice: report, keep it
                 raise NoCheckpointError(f'checkpoint of epoch {epoch} in {workdir} cannot be '
-                                        f'read ({_first_line(error)})') from None
+                                        f'read ({console.one_line(error, with_type=True)})'
+                                        ) from None
         saved, _ = restore_newest(manager, lambda epoch: _read_model(manager, epoch))
         if saved is None:
             raise NoCheckpointError(f'no checkpoint in {workdir} restores; train it first')

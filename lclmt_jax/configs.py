@@ -2,8 +2,10 @@
 
 Experiment files in ``experiments/`` start from ``default_config()`` and override fields; the
 field names ``method``, ``epsilon``, ``num_epochs``, ``batch_size``, ``data.source`` and
-``data.path`` are the public interface. This module needs ml_collections only, so a config can be
-read and printed without JAX or the model code; ``lclmt_jax.validation`` checks one against the
+``data.path`` are the public interface. Every default is written here, once (each evaluator's
+section ``config.evals.<name>`` is declared by the evaluator's own file and collected here); the
+code reads fields directly. This module needs ml_collections only, so a config can be read and
+printed without JAX or the model code; ``lclmt_jax.validation`` checks one against the
 registries of models, methods, data sources, optimizers and evaluators.
 """
 
@@ -15,6 +17,8 @@ import os
 import types
 
 import ml_collections
+
+from lclmt_jax import evaluators
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -67,23 +71,15 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.checkpoint_every_epochs = 10
 
-    # --mode=evaluate: the evaluators of lclmt_jax.evaluators, in order, on the test set.
+    # --mode=evaluate: the evaluators of lclmt_jax.evaluators, in order, on the test set; each
+    # one's settings are its section of config.evals (declared in its file).
     config.evaluators = ('certificates', 'cw_l2')
-    config.certificate = 'pairwise'  # the headline and self-check certificate: global | pairwise
+    config.evals = evaluators.default_settings()
+    # The headline certificate (lclmt_jax.margins.CERTIFICATES): tables, the attack's self-check,
+    # RestoredModel.certified_radius.
+    config.certificate = 'pairwise'
     config.evaluation = ml_collections.ConfigDict()
-    config.evaluation.epsilons = (0.1, 0.3, 0.5, 1.0, 1.58)
-    config.attack = ml_collections.ConfigDict()
-    config.attack.steps = 100  # Adam iterations per binary-search step (the paper's setting)
-    config.attack.binary_search_steps = 5
-    config.attack.confidence = 0.0
-    # 0.1, not CW's 0.01 (tuned for 10,000 steps): with 100 steps, pixels at exactly 0 or 1 (most
-    # of an MNIST digit) sit deep in tanh saturation and barely move at 0.01 -- the attack then
-    # fails on ~65% of a robust model's points; at 0.1 it succeeds on all of them.
-    config.attack.learning_rate = 0.1
-    config.attack.initial_const = 1.0
-    config.attack.batch_size = 10000
-    # Attack only the first this many test points (None: all); certificates cover all of them.
-    config.attack.max_examples = ml_collections.config_dict.placeholder(int)
+    config.evaluation.epsilons = (0.1, 0.3, 0.5, 1.0, 1.58)  # radii every evaluator reports at
     return config
 
 
@@ -97,10 +93,20 @@ def check_variant(variant: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f'unknown config variant {variant!r}; allowed: {names}')
 
 
+# Each method's counterpart in its paper's recipe. LMT and LC-LMT were published with the global
+# constant sqrt(2)·L; GloRo was published with the pairwise constants, so it keeps them.
+PAPER_METHODS = {'plain': 'plain', 'lmt': 'lmt', 'lc_lmt': 'lc_lmt', 'lmt_pairwise': 'lmt',
+                 'lc_lmt_pairwise': 'lc_lmt', 'gloro': 'gloro'}
+
+
 def paper_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The papers' training: the global constant sqrt(2)·L (``lc_lmt``, ``lmt``) and one
-    power-iteration step per update with one vector per layer (Tsuzuku et al.; Ono et al.)."""
-    config.method = config.method.removesuffix('_pairwise')
+    """The papers' training: each method as published (``PAPER_METHODS``: the global constant
+    sqrt(2)·L for ``lc_lmt``, ``lmt``) and one power-iteration step per update with one vector
+    per layer (Tsuzuku et al.; Ono et al.)."""
+    if config.method not in PAPER_METHODS:
+        raise ValueError(f'method {config.method!r} has no paper recipe; the methods that do: '
+                         f'{", ".join(PAPER_METHODS)}')
+    config.method = PAPER_METHODS[config.method]
     config.bound.update(power_iterations=1, subspace_size=1, exact_below=0)
     return config
 
@@ -188,7 +194,7 @@ def svhn_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collecti
     config.eval_batch_size = 512
     config.num_epochs = 160
     config.evaluation.epsilons = (SVHN_PIXEL, 0.02, 0.05, 0.1, 0.2, 1.0)
-    config.attack.batch_size = 1000
+    config.evals.cw_l2.batch_size = 1000
     config.grad_clip_norm = 10.0
     # Conv layers keep one vector each: two steps per update and 20 at each epoch's start keep
     # the training estimate near the sound bound (sound_over_training, docs/SVHN.md).

@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 
 from lclmt_jax import data, losses, plots, run_files
-from lclmt_jax.evaluators import EVALUATORS, Context, Result
+from lclmt_jax.evaluators import EVALUATORS, Context, Result, run_evaluator
 from lclmt_jax.restored import restore
 
 EVALUATION_DIR = 'evaluation'
@@ -55,13 +55,14 @@ def evaluate_run(workdir: str, max_examples: int | None = None,
     Uses the newest checkpoint that restores (or that of ``epoch``); writes the files and
     figures and returns the summary (``evaluation.json``). ``max_examples``: only the first test
     points, for every evaluator; ``attack_examples``: the attack only (the run's
-    ``config.attack.max_examples`` otherwise).
+    ``config.evals.cw_l2.max_examples`` otherwise).
     """
     started = time.perf_counter()
     restored = restore(workdir, epoch)
     config = restored.config
     names = tuple(evaluators or config.evaluators)
-    functions = [EVALUATORS.get(name) for name in names]  # unknown names fail before any work
+    for name in names:  # unknown names fail before any work
+        EVALUATORS.get(name)
     if jax.process_index() == 0:
         print(f'evaluating the checkpoint of epoch {restored.epoch} in {workdir}: '
               f'{", ".join(names)}', flush=True)
@@ -72,8 +73,8 @@ def evaluate_run(workdir: str, max_examples: int | None = None,
     context = Context(restored, images, labels)
     if attack_examples is not None:
         context.config = ml_collections.ConfigDict(config.to_dict())
-        context.config.attack.max_examples = attack_examples
-    results = {name: function(context) for name, function in zip(names, functions, strict=True)}
+        context.config.evals.cw_l2.max_examples = attack_examples
+    results = {name: run_evaluator(name, context) for name in names}
     summary = {'workdir': os.path.abspath(workdir), 'epoch': restored.epoch,
                'label': run_label(config), 'evaluators': list(names),
                'certificate': config.certificate, 'num_examples': int(len(labels))}

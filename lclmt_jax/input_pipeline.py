@@ -1,10 +1,14 @@
-"""Feeding batches to the devices: on-device datasets, or process-local host batches.
+"""Feeding batches to the devices: the device mesh, on-device datasets, process-local batches.
 
-Two pipelines follow the same global batch order, so they train alike:
+Data parallelism is ``jax.jit`` over a 1-D device mesh whose one axis, ``DATA_AXIS``, carries the
+batch: the train state is replicated (``replicated``), every global batch is split over the axis
+(``batch_sharded``), and the steps are written for the whole global batch -- XLA's partitioner
+inserts the cross-device sums. Two pipelines run a train step over an epoch and an eval step over
+the test set, and follow the same global batch order, so they train alike:
 
 * ``device``: the whole dataset is replicated on every device and a whole epoch is one jitted
-  call (``train.make_train_epoch``); no host round trip per step. For one process and datasets that
-  fit in device memory (MNIST-sized).
+  ``lax.scan`` over the steps (``device_train_epoch``); no host round trip per step. For one
+  process and datasets that fit in device memory (MNIST-sized).
 * ``host``: every process materialises only its own rows of each global batch (its devices' share),
   a background thread prefetches them, and ``jax.make_array_from_process_local_data`` assembles the
   global batch sharded over the ``data`` mesh axis. For several processes and large datasets.
@@ -17,15 +21,41 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lclmt_jax import metrics
+from lclmt_jax.data import Dataset
+
 PIPELINES = ('auto', 'device', 'host')
 DEVICE_PIPELINE_MAX_BYTES = 2 << 30  # datasets up to 2 GiB stay on the device
+DATA_AXIS = 'data'
+
+TrainStep = Callable[[Any, jax.Array, jax.Array], tuple[Any, Any]]
+EvalStep = Callable[[Any, jax.Array, jax.Array, jax.Array], Any]
+
+
+def make_mesh(devices: list | None = None) -> jax.sharding.Mesh:
+    """A 1-D mesh over all (or the given) devices, whose single axis carries the data batch."""
+    devices = jax.devices() if devices is None else devices
+    return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """The sharding of values every device holds whole (state, metrics, on-device datasets)."""
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """The sharding of a global batch: split along its first axis over ``DATA_AXIS``."""
+    return NamedSharding(mesh, P(DATA_AXIS))
 
 
 def epoch_key(seed: int, epoch: int) -> jax.Array:
@@ -89,13 +119,154 @@ def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
 
 
 def to_global_batch(mesh: jax.sharding.Mesh, local: tuple[np.ndarray, ...]) -> tuple:
-    """Assembles process-local rows into global arrays sharded over the ``data`` axis."""
-    sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
-    return tuple(jax.make_array_from_process_local_data(sharding, array) for array in local)
+    """Assembles process-local rows into global arrays sharded over ``DATA_AXIS``."""
+    return tuple(jax.make_array_from_process_local_data(batch_sharded(mesh), array)
+                 for array in local)
 
 
 def replicate(mesh: jax.sharding.Mesh, tree):
     """Places a pytree of host values, identical on every process, on every device of the mesh."""
-    sharding = NamedSharding(mesh, P())
-    return jax.tree.map(
-        lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)), tree)
+    return jax.tree.map(lambda leaf: jax.make_array_from_process_local_data(
+        replicated(mesh), np.asarray(leaf)), tree)
+
+
+def pad_to_multiple(images: np.ndarray, labels: np.ndarray,
+                    multiple: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pads examples to a multiple of ``multiple``; returns (images, labels, valid mask)."""
+    total = -(-len(images) // multiple) * multiple
+    pad = total - len(images)
+    valid = np.concatenate([np.ones(len(images), bool), np.zeros(pad, bool)])
+    images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+    labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+    return images, labels, valid
+
+
+def device_train_epoch(train_step: TrainStep, mesh: jax.sharding.Mesh, batch_size: int,
+                       num_examples: int) -> Callable:
+    """``train_epoch(state, images, labels, key) -> (state, TrainMetrics)``, one jitted call.
+
+    A ``lax.scan`` over the epoch's steps. ``images``/``labels`` are the whole replicated train
+    set; ``key`` decides the epoch's example order; each step takes the rows
+    ``order[k·B:(k+1)·B]``, sharded over the devices. Incomplete last batches are dropped. Its
+    inputs keep their shapes, dtypes and shardings from epoch to epoch, so it compiles once per
+    run (tests/test_train.py checks this with ``chex.assert_max_traces``).
+    """
+    steps = num_examples // batch_size
+
+    def train_epoch(state, images, labels, key):
+        order = jax.random.permutation(key, num_examples)
+
+        def body(carry, step_index):
+            state, totals = carry
+            rows = jax.lax.dynamic_slice_in_dim(order, step_index * batch_size, batch_size)
+            rows = jax.lax.with_sharding_constraint(rows, batch_sharded(mesh))
+            state, step_metrics = train_step(state, images[rows], labels[rows])
+            return (state, totals.merge(step_metrics)), None
+
+        (state, totals), _ = jax.lax.scan(body, (state, metrics.TrainMetrics.empty()),
+                                          jnp.arange(steps))
+        return state, totals
+
+    return jax.jit(train_epoch, out_shardings=replicated(mesh), donate_argnums=(0,))
+
+
+def accumulating_step(train_step: TrainStep, mesh: jax.sharding.Mesh) -> Callable:
+    """``step(state, totals, images, labels) -> (state, totals + the step's metrics)``, jitted.
+
+    ``images``/``labels`` are one global batch sharded over the mesh; the state and the running
+    metrics stay replicated and are donated.
+    """
+    def step_and_accumulate(state, totals, images, labels):
+        state, step_metrics = train_step(state, images, labels)
+        return state, totals.merge(step_metrics)
+
+    return jax.jit(step_and_accumulate, out_shardings=replicated(mesh), donate_argnums=(0, 1))
+
+
+def host_train_epoch(train_step: TrainStep, mesh: jax.sharding.Mesh,
+                     batch_size: int) -> Callable:
+    """``train_epoch(state, images, labels, order) -> (state, TrainMetrics)`` from host arrays.
+
+    Each step is one jitted call (``accumulating_step``) on a prefetched global batch that every
+    process assembles from its own rows.
+    """
+    step = accumulating_step(train_step, mesh)
+
+    def train_epoch(state, images, labels, order):
+        totals = jax.device_put(metrics.TrainMetrics.empty(), replicated(mesh))
+        for local in prefetch(process_local_batches(images, labels, order, batch_size)):
+            state, totals = step(state, totals, *to_global_batch(mesh, local))
+        return state, totals
+
+    return train_epoch
+
+
+def device_evaluate(eval_step: EvalStep, mesh: jax.sharding.Mesh, batch_size: int) -> Callable:
+    """``evaluate(state, images, labels, valid) -> EvalMetrics``, one jitted ``lax.scan``.
+
+    ``images`` (replicated) are padded to a multiple of ``batch_size``; ``valid`` masks the
+    padding.
+    """
+    def evaluate(state, images, labels, valid):
+        def body(totals, batch_index):
+            rows = jax.lax.dynamic_slice_in_dim(jnp.arange(images.shape[0]),
+                                                batch_index * batch_size, batch_size)
+            rows = jax.lax.with_sharding_constraint(rows, batch_sharded(mesh))
+            return totals.merge(eval_step(state, images[rows], labels[rows], valid[rows])), None
+
+        totals, _ = jax.lax.scan(body, metrics.EvalMetrics.empty(),
+                                 jnp.arange(images.shape[0] // batch_size))
+        return totals
+
+    return jax.jit(evaluate, out_shardings=replicated(mesh))
+
+
+def host_evaluate(eval_step: EvalStep, mesh: jax.sharding.Mesh, batch_size: int) -> Callable:
+    """The same metrics over padded host arrays, one sharded batch per call."""
+    def eval_and_accumulate(state, totals, images, labels, valid):
+        return totals.merge(eval_step(state, images, labels, valid))
+
+    step = jax.jit(eval_and_accumulate, out_shardings=replicated(mesh))
+
+    def evaluate(state, images, labels, valid):
+        totals = jax.device_put(metrics.EvalMetrics.empty(), replicated(mesh))
+        batches = process_local_batches(images, np.stack([labels, valid.astype(labels.dtype)], 1),
+                                        np.arange(len(labels)), batch_size)
+        for local_images, local_labels in prefetch(batches):
+            totals = step(state, totals, *to_global_batch(
+                mesh, (local_images, local_labels[:, 0], local_labels[:, 1].astype(bool))))
+        return totals
+
+    return evaluate
+
+
+class Pipeline(NamedTuple):
+    """``train_epoch(state, epoch) -> (state, TrainMetrics)`` and
+    ``evaluate(state) -> EvalMetrics`` over a dataset, and which pipeline runs them."""
+
+    train_epoch: Callable
+    evaluate: Callable
+    kind: str
+
+
+def make_pipeline(config: ml_collections.ConfigDict, dataset: Dataset, mesh: jax.sharding.Mesh,
+                  train_step: TrainStep, eval_step: EvalStep, convolves: bool) -> Pipeline:
+    """The configured pipeline (``config.data.pipeline``; ``auto`` weighs the dataset's size and
+    whether the network ``convolves``) over ``dataset``'s train and test splits."""
+    num_train = len(dataset.train_labels)
+    test = pad_to_multiple(dataset.test_images, dataset.test_labels, config.eval_batch_size)
+    dataset_bytes = dataset.train_images.nbytes + test[0].nbytes
+    kind = choose_pipeline(config.data.pipeline, dataset_bytes, convolves)
+    if kind == 'device':
+        train_arrays = replicate(mesh, (dataset.train_images, dataset.train_labels))
+        test = replicate(mesh, test)
+        epoch = device_train_epoch(train_step, mesh, config.batch_size, num_train)
+        evaluate = device_evaluate(eval_step, mesh, config.eval_batch_size)
+        return Pipeline(lambda state, index: epoch(state, *train_arrays,
+                                                   epoch_key(config.seed, index)),
+                        lambda state: evaluate(state, *test), kind)
+    epoch = host_train_epoch(train_step, mesh, config.batch_size)
+    evaluate = host_evaluate(eval_step, mesh, config.eval_batch_size)
+    return Pipeline(lambda state, index: epoch(state, dataset.train_images, dataset.train_labels,
+                                               epoch_order(config.seed, index, num_train)),
+                    lambda state: evaluate(state, *test), kind)

@@ -50,7 +50,7 @@ class LipschitzDense(nn.Module):
 
     features: int
     kernel_init: Any = nn.initializers.lecun_normal()
-    estimator: bounds.Estimator = bounds.Estimator()
+    estimator: bounds.Estimator = bounds.ONE_VECTOR
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, sound: bool = False):
@@ -101,7 +101,7 @@ class LipschitzConv(nn.Module):
     padding: bounds.ConvPadding = 'SAME'
     use_bias: bool = True
     kernel_init: Any = nn.initializers.lecun_normal()
-    estimator: bounds.Estimator = bounds.Estimator()
+    estimator: bounds.Estimator = bounds.ONE_VECTOR
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, sound: bool = False,

@@ -2,11 +2,12 @@
 
 A method inflates the logits before softmax cross-entropy, so that the loss asks the true logit
 f_t to beat every other f_j by the *required gap* R_j = eps·K_tj that certifies radius eps
-(``lclmt_jax.margins``; Tsuzuku et al., 2018, Prop. 1). Each method is a pure function
-``(logits, labels, gaps) -> inflated logits`` and the kind of constants K it uses:
+(Tsuzuku et al., 2018, Prop. 1). Each method is a pure function
+``(logits, labels, gaps) -> inflated logits`` and the certificate whose gaps it trains for
+(``margins.CERTIFICATES``):
 
 * ``global``: K_tj = sqrt(2)·L for every pair -- the papers' methods (``lmt``, ``lc_lmt``);
-* ``pairwise``: K_tj = |w_t - w_j|·L_body, the tighter constants the pairwise certificate uses
+* ``pairwise``: K_tj = |w_t - w_j|·L_body, the tighter constants of the pairwise certificate
   (``lmt_pairwise``, ``lc_lmt_pairwise``, and GloRo's ``gloro``, Leino et al. 2021).
 
 The training metrics (margin, required margin, ``bound_met``) check the condition the method
@@ -36,16 +37,13 @@ from lclmt_jax.registry import Registry
 Array = jax.Array
 Inflation = Callable[[Array, Array, Array], Array]
 
-CONSTANTS = ('global', 'pairwise')
-
-
 class Method(NamedTuple):
-    """A training method: its logit inflation, which constants K_tj set its gaps, its name in
-    figures and tables."""
+    """A training method: its logit inflation, the certificate (a ``margins.CERTIFICATES`` name)
+    whose required gaps it inflates by, its name in figures and tables."""
 
     inflate: Inflation
-    constants: str = 'global'
-    label: str = ''
+    certificate: str
+    label: str
 
 
 METHODS: Registry[Method] = Registry('method')
@@ -86,9 +84,10 @@ def append_bottom_logit(logits: Array, labels: Array, gaps: Array) -> Array:
     return jnp.concatenate([logits, bottom], axis=-1)
 
 
-METHODS.register('plain', Method(no_inflation, label='plain'))
-METHODS.register('lmt', Method(inflate_every_rival, label='LMT'))
-METHODS.register('lc_lmt', Method(inflate_binding_rival, label='LC-LMT'))
+# plain inflates nothing; its certificate only decides which margin its metrics report.
+METHODS.register('plain', Method(no_inflation, 'global', 'plain'))
+METHODS.register('lmt', Method(inflate_every_rival, 'global', 'LMT'))
+METHODS.register('lc_lmt', Method(inflate_binding_rival, 'global', 'LC-LMT'))
 METHODS.register('lmt_pairwise', Method(inflate_every_rival, 'pairwise', 'LMT-pw'))
 METHODS.register('lc_lmt_pairwise', Method(inflate_binding_rival, 'pairwise', 'LC-LMT-pw'))
 METHODS.register('gloro', Method(append_bottom_logit, 'pairwise', 'GloRo'))
@@ -96,11 +95,8 @@ METHODS.register('gloro', Method(append_bottom_logit, 'pairwise', 'GloRo'))
 
 def required_gaps(method: Method, output: ModelOutput, labels: Array,
                   epsilon: Array | float) -> Array:
-    """R_j = eps·K_tj per example (N, C) with the method's constants, from the model's bounds."""
-    if method.constants == 'pairwise':
-        constants = margins.pairwise_constants(output.head_kernel, output.body_lipschitz)
-        return margins.pairwise_gaps(constants, epsilon, labels)
-    return margins.global_gaps(output.lipschitz, epsilon, labels, output.logits.shape[-1])
+    """R_j = eps·K_tj per example (N, C) with the method's certificate, from the model's bounds."""
+    return margins.CERTIFICATES.get(method.certificate).gaps(output, epsilon, labels)
 
 
 def inflated_logits(method: Method, output: ModelOutput, labels: Array,
@@ -151,8 +147,8 @@ def epsilon_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) ->
     constant outputs (see ``configs.svhn_variant``); the warm-up lets it learn first.
     Certification and the ``bound_met`` metrics always use the full epsilon.
     """
-    warmup_steps = round(config.get('epsilon_warmup_epochs', 0) * steps_per_epoch)
+    warmup_steps = round(config.epsilon_warmup_epochs * steps_per_epoch)
     if warmup_steps <= 0:
         return optax.constant_schedule(config.epsilon)
-    ramp = EPSILON_RAMPS.get(config.get('epsilon_schedule', 'linear'), 'config.epsilon_schedule')
+    ramp = EPSILON_RAMPS.get(config.epsilon_schedule, 'config.epsilon_schedule')
     return lambda step: config.epsilon * ramp(jnp.clip(step / warmup_steps, 0.0, 1.0))

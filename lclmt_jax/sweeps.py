@@ -34,7 +34,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from lclmt_jax import checkpoints, configs, evaluate, run_files, train, validation
+from lclmt_jax import checkpoints, configs, console, evaluate, run_files, train, validation
 
 # How a swept field shows up in a member's name; other fields use their last dotted component.
 SHORT_NAMES = {'epsilon': 'eps', 'learning_rate': 'lr', 'batch_size': 'bs', 'num_epochs': 'epochs',
@@ -204,7 +204,7 @@ class Sweep:
         """
         failures = {}
         for index, name in enumerate(self.members, 1):
-            _say(f'sweep member {index}/{len(self.members)}: {name}')
+            console.say(f'sweep member {index}/{len(self.members)}: {name}')
             try:
                 self.run_member(name, workdir, max_examples)
             except (train.NonFiniteLossError, evaluate.BrokenCertificateError) as error:
@@ -215,8 +215,8 @@ class Sweep:
         table = []
         if done and jax.process_index() == 0:
             table = evaluate.compare_runs(done, workdir)
-            _say(format_table(table, self.base))
-            _say(f'table and figures: {os.path.abspath(workdir)}/comparison.csv, *.png')
+            console.say(format_table(table, self.base))
+            console.say(f'table and figures: {os.path.abspath(workdir)}/comparison.csv, *.png')
         if failures:
             raise SweepError(f'{len(failures)} of {len(self.members)} sweep members failed: '
                              + '; '.join(f'{name}: {error}' for name, error in failures.items()))
@@ -229,9 +229,9 @@ class Sweep:
         record = {'member': name, 'max_examples': max_examples,
                   'config': run_files.config_as_dict(config)}
         if _read_json(os.path.join(member_dir, MEMBER_FILE)) == record:
-            _say(f'  {member_dir}: trained and evaluated, skipped')
+            console.say(f'  {member_dir}: trained and evaluated, skipped')
             return member_dir
-        train.check_same_training(member_dir, config)
+        run_files.check_same_training(member_dir, config)
         if checkpoints.latest_epoch(member_dir) < config.num_epochs:
             train.train_and_evaluate(config, member_dir)
         evaluate.evaluate_run(member_dir, max_examples)
@@ -253,11 +253,6 @@ def launch(config_flag, action: str, workdir: str, max_examples: int | None = No
         sweep.run(workdir, max_examples)
     else:
         raise ValueError(f'unknown sweep action {action!r}; allowed: run, print')
-
-
-def _say(line: str) -> None:
-    if jax.process_index() == 0:
-        print(line, flush=True)
 
 
 def _read_json(path: str) -> dict | None:

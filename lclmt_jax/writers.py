@@ -118,7 +118,7 @@ class JsonlWriter(ScalarWriter):
 class ConsoleWriter(ScalarWriter):
     """Prints one line per epoch: the headline metrics and the time left.
 
-    The time left comes from clu's ``ReportProgress`` (``steps_per_sec``, one step per epoch).
+    The time left comes from ``ReportProgress`` (``epochs_per_second``).
     """
 
     def __init__(self, num_epochs: int):
@@ -133,10 +133,10 @@ def progress_line(epoch: int, num_epochs: int, scalars: Mapping[str, float]) -> 
     """One console line per epoch: the headline metrics, and the ETA when the rate is known."""
     line = (f'epoch {epoch:>3}/{num_epochs}  loss {scalars["train_loss"]:.4f}  '
             f'train_acc {scalars["train_accuracy"]:.4f}  test_acc {scalars["test_accuracy"]:.4f}  '
-            f'L {scalars["lipschitz"]:.3g}  margin {scalars["test_margin"]:.3f}'
-            f' / req {scalars["required_margin"]:.3f}  '
+            f'L {scalars["test_lipschitz"]:.3g}  margin {scalars["test_margin"]:.3f}'
+            f' / req {scalars["test_required_margin"]:.3f}  '
             f'bound_met {scalars["test_bound_met"]:.3f}  {scalars["epoch_seconds"]:.2f}s')
-    rate = scalars.get('steps_per_sec', 0.0)
+    rate = scalars.get('epochs_per_second', 0.0)
     if rate > 0:
         line += f'  ETA {datetime.timedelta(seconds=round((num_epochs - epoch) / rate))}'
     return line
@@ -155,7 +155,7 @@ def create_writer(workdir: str, num_epochs: int) -> MultiWriter:
 
 
 class ReportProgress:
-    """Adds ``steps_per_sec`` (epochs per second since the first call, for the console's ETA)
+    """Adds ``epochs_per_second`` (since the first call, for the console's ETA)
     and ``uptime`` (seconds since the first call) to ``writer`` for each epoch it is called with,
     as clu's ``periodic_actions.ReportProgress`` does with one step per epoch."""
 
@@ -168,7 +168,7 @@ class ReportProgress:
         elapsed = time.monotonic() - self.start_time
         if epoch > self.start_epoch and elapsed > 0:
             self.writer.write_scalars(epoch, {
-                'steps_per_sec': (epoch - self.start_epoch) / elapsed, 'uptime': elapsed})
+                'epochs_per_second': (epoch - self.start_epoch) / elapsed, 'uptime': elapsed})
 
 
 def create_progress(writer: MultiWriter, start_epoch: int) -> ReportProgress:

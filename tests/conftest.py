@@ -23,8 +23,6 @@ def trained_workdir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp('run'))
     config = configs.mnist_variant(configs.default_config(), 'embedded')
     config.num_epochs = 3
-    config.attack.steps = 30
-    config.attack.binary_search_steps = 3
-    config.attack.batch_size = 200
+    config.evals.cw_l2.update(steps=30, binary_search_steps=3, batch_size=200)
     train.train_and_evaluate(config, workdir)
     return workdir

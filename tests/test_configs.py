@@ -100,7 +100,7 @@ def test_the_paper_variant_composes_with_the_data_variants():
     assert new.data.source == paper.data.source == 'idx'
     assert (new.method, paper.method) == ('lc_lmt_pairwise', 'lc_lmt')
     assert models.estimator(new) == bounds.Estimator(1, 16, 16)
-    assert models.estimator(paper) == bounds.Estimator(1, 1, 0)  # one vector, one step
+    assert models.estimator(paper) == bounds.ONE_VECTOR  # one vector, one step
     with pytest.raises(ValueError, match="unknown config variant 'papers'"):
         configs.mnist_variant(configs.default_config(), 'idx,papers')
 
@@ -112,3 +112,40 @@ def test_the_gloro_learning_rate_schedule_decays_to_1e_6_after_half():
     np.testing.assert_allclose([float(schedule(s)) for s in (0, 499, 500, 750, 1000)],
                                [1e-3, 1e-3, 1e-3, np.sqrt(1e-3 * 1e-6), 1e-6], rtol=1e-4)
 
+
+
+def test_config_sections_that_mirror_library_defaults_agree_with_them():
+    """``config.mlp`` mirrors the MLP's defaults and ``config.evals.cw_l2`` the attack's, so the
+    command line can override them; each default is chosen once, where its reason is written."""
+    import dataclasses
+
+    from lclmt_jax import attacks
+    from lclmt_jax.models.mlp import MLP
+
+    config = configs.default_config()
+    fields = {field.name: field.default for field in dataclasses.fields(MLP)}
+    assert {name: fields[name] for name in config.mlp} == dict(config.mlp)
+    attack = dict(config.evals.cw_l2)
+    assert attack.pop('max_examples') is None
+    assert attack == attacks.CWConfig()._asdict()
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('epsilon_shedule', 'log', "'epsilon_shedule', which is not a config field; did you mean "
+                               "'epsilon_schedule'"),
+    ('epsilon_schedule', 'lnear', "unknown config.epsilon_schedule 'lnear'"),  # warm-up 0 too
+    ('trades_lambda', -1.0, 'trades_lambda must be a finite number >= 0'),
+    ('bound.subspace_size', 0, 'bound.subspace_size must be a positive integer, got 0'),
+    ('bound.reconverge_steps', -2, 'bound.reconverge_steps must be an integer >= 0'),
+    ('certificate', 'tight', "unknown config.certificate 'tight'; allowed: global, pairwise"),
+    ('evaluation.epsilons', (), 'evaluation.epsilons must be a non-empty tuple of radii'),
+])
+def test_every_field_is_checked_in_one_line(field, value, message):
+    config = configs.mnist_variant(configs.default_config(), 'embedded')
+    if '.' in field and field.split('.')[0] in config:
+        section, name = field.split('.')
+        config[section][name] = value
+    else:
+        config[field] = value
+    with pytest.raises(ValueError, match=message.replace('(', r'\(')):
+        validation.validate_config(config, num_devices=1)

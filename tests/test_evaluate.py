@@ -6,14 +6,14 @@ import os
 import numpy as np
 import pytest
 
-from lclmt_jax import certify, evaluate, evaluators
+from lclmt_jax import certify, evaluate, evaluators, margins
 
 
 def test_evaluation_is_sound_on_a_trained_model(trained_workdir):
     results = evaluate.evaluate_run(trained_workdir, max_examples=200)
     assert results['broken_certificates_both'] == 0
     assert results['evaluators'] == ['certificates', 'cw_l2'] and results['epoch'] == 3
-    for name in certify.CERTIFICATES:
+    for name in margins.CERTIFICATES:
         accuracies = [results[f'certified_{name}@{eps:g}'] for eps in (0.1, 0.3, 0.5, 1, 1.58)]
         assert all(a <= results['clean_accuracy'] for a in accuracies)
         assert accuracies == sorted(accuracies, reverse=True)

@@ -9,7 +9,7 @@ from bound_testing import conv_matrix, converge, exact_conv_norm, random_bn_vari
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lclmt_jax import bounds, layers, train
+from lclmt_jax import bounds, input_pipeline, layers
 
 
 def test_conv_module_estimate_update_sound_bound_and_gradient():
@@ -136,7 +136,7 @@ def test_batch_norm_statistics_are_those_of_the_global_batch_when_sharded():
     variables = bn.init({'params': jax.random.key(0)}, x)
     apply = lambda x: bn.apply(variables, x, train=True, mutable=['batch_stats'])
     expected = apply(x)
-    mesh = train.make_mesh()
+    mesh = input_pipeline.make_mesh()
     assert mesh.size == 4
     sharded = jax.device_put(x, NamedSharding(mesh, P('data')))
     chex.assert_trees_all_close(jax.jit(apply)(sharded), expected, atol=1e-5)
@@ -151,7 +151,8 @@ def test_dense_layer_vector_update_and_power_iterations_per_call():
     (_, sigma), state = dense.apply(variables, x, train=True, mutable=['lipschitz'])
     expected_sigma, expected_v = bounds.dense_power_iteration(kernel, variables['lipschitz']['v'])
     chex.assert_trees_all_close((sigma, state['lipschitz']['v']), (expected_sigma, expected_v))
-    (_, sigma3), state3 = layers.LipschitzDense(7, estimator=bounds.Estimator(3)).apply(
+    three_steps = bounds.ONE_VECTOR._replace(power_iterations=3)
+    (_, sigma3), state3 = layers.LipschitzDense(7, estimator=three_steps).apply(
         variables, x, train=True, mutable=['lipschitz'])
     chex.assert_trees_all_close(
         (sigma3, state3['lipschitz']['v']),
@@ -162,9 +163,9 @@ def test_dense_layer_vector_update_and_power_iterations_per_call():
 
 def test_dense_estimators_keep_their_state_and_stay_below_the_sound_bound():
     x = unit((3, 40), 1)
-    for estimator, state_shape in [(bounds.Estimator(subspace_size=8), (40, 8)),
-                                   (bounds.Estimator(subspace_size=8, exact_below=8), None),
-                                   (bounds.Estimator(power_iterations=2), (40,))]:
+    for estimator, state_shape in [(bounds.ONE_VECTOR._replace(subspace_size=8), (40, 8)),
+                                   (bounds.Estimator(1, subspace_size=8, exact_below=8), None),
+                                   (bounds.ONE_VECTOR._replace(power_iterations=2), (40,))]:
         dense = layers.LipschitzDense(8, estimator=estimator)
         variables = dense.init({'params': jax.random.key(0)}, x)
         shapes = jax.tree.map(jnp.shape, variables.get('lipschitz', {}))

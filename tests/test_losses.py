@@ -3,12 +3,11 @@
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from lclmt_jax import losses, margins
+from lclmt_jax import configs, losses, margins
 from lclmt_jax.models import ModelOutput
 
 LOGITS = jnp.array([[3.0, 1.0, 2.0, -1.0],
@@ -16,7 +15,9 @@ LOGITS = jnp.array([[3.0, 1.0, 2.0, -1.0],
                     [4.0, 4.0, 0.0, 0.0]])  # true class 1 ties with class 0
 LABELS = jnp.array([0, 0, 1])
 REQUIRED = jnp.float32(0.5)
-GAPS = margins.global_gaps(REQUIRED / np.sqrt(2), 1.0, LABELS, 4)  # 0.5 but at the true class
+# sqrt(2)·L·eps = 0.5 at every wrong class, 0 at the true one
+GAPS = margins.CERTIFICATES.get('global').gaps(
+    ModelOutput(LOGITS, REQUIRED / np.sqrt(2), None, jnp.eye(4)), 1.0, LABELS)
 
 
 def _method(name):
@@ -63,7 +64,8 @@ def test_method_loss_is_cross_entropy_of_the_inflated_logits_with_global_gaps():
 
 
 def test_epsilon_warmup_ramps_linearly_then_holds():
-    config = ml_collections.ConfigDict({'epsilon': 0.8, 'epsilon_warmup_epochs': 2.0})
+    config = configs.default_config()
+    config.update(epsilon=0.8, epsilon_warmup_epochs=2.0)
     schedule = losses.epsilon_schedule(config, steps_per_epoch=10)
     np.testing.assert_allclose([float(schedule(s)) for s in (0, 5, 10, 20, 25, 1000)],
                                [0.0, 0.2, 0.4, 0.8, 0.8, 0.8], rtol=1e-6)
@@ -88,7 +90,7 @@ def test_pairwise_methods_use_the_pairwise_constants():
                                 LOGITS + gaps)
     # the global methods use sqrt(2)·L·eps whatever the head
     chex.assert_trees_all_close(losses.required_gaps(_method('lmt'), output, LABELS, 0.5),
-                                margins.global_gaps(output.lipschitz, 0.5, LABELS, 4))
+                                0.5 * np.sqrt(2) * 3.0 * (1 - jnp.eye(4)[LABELS]), rtol=1e-6)
 
 
 def test_gloro_appends_the_bottom_logit_of_the_binding_rival():
@@ -116,8 +118,8 @@ def test_trades_is_clean_cross_entropy_plus_lambda_kl():
 
 
 def test_the_log_ramp_rises_fast_then_holds():
-    config = ml_collections.ConfigDict({'epsilon': 1.0, 'epsilon_warmup_epochs': 1.0,
-                                        'epsilon_schedule': 'log'})
+    config = configs.default_config()
+    config.update(epsilon=1.0, epsilon_warmup_epochs=1.0, epsilon_schedule='log')
     schedule = losses.epsilon_schedule(config, steps_per_epoch=100)
     values = [float(schedule(s)) for s in (0, 38, 50, 100, 500)]
     np.testing.assert_allclose(values[0], 0.0)
@@ -126,3 +128,13 @@ def test_the_log_ramp_rises_fast_then_holds():
     config.epsilon_schedule = 'cubic'
     with pytest.raises(ValueError, match="unknown config.epsilon_schedule 'cubic'"):
         losses.epsilon_schedule(config, 100)
+
+
+def test_every_method_trains_for_a_registered_certificate_and_has_a_paper_recipe():
+    for name in losses.METHODS:
+        method = losses.METHODS.get(name)
+        assert method.certificate in margins.CERTIFICATES
+        paper = configs.PAPER_METHODS[name]
+        # the paper recipe of LMT and LC-LMT is their global form
+        assert losses.METHODS.get(paper).inflate is method.inflate
+    assert configs.PAPER_METHODS['gloro'] == 'gloro'  # GloRo was published pairwise

@@ -9,7 +9,7 @@ import optax
 import pytest
 from bound_testing import converge, random_bn_variables, unit
 
-from lclmt_jax import bounds, configs, input_pipeline, losses, models, optimizers, train
+from lclmt_jax import bounds, configs, input_pipeline, losses, models, train
 from lclmt_jax.models.mlp import MLP
 from lclmt_jax.models.wrn import PreActBlock, WideResNet
 
@@ -268,17 +268,16 @@ def test_create_model_and_the_unchanged_train_step_run_a_wrn():
     with pytest.raises(ValueError, match='6n \\+ 4'):
         WideResNet(depth=12)
 
-    mesh = train.make_mesh()
+    trainer = train.create_trainer(config, SHAPE, 10, 2)
+    mesh = trainer.mesh
     assert mesh.size == 4  # batch statistics span the batch sharded over 4 fake devices
-    tx = optimizers.create_optimizer(config, 2)
-    state = train.create_train_state(model, tx, _key(0), SHAPE)
-    stats_before = np.asarray(state.model_state['batch_stats']['final_bn']['var'])
+    stats_before = np.asarray(trainer.state.model_state['batch_stats']['final_bn']['var'])
     rng = np.random.default_rng(4)
     images = rng.integers(0, 256, (16, *SHAPE), dtype=np.uint8)
     labels = rng.integers(0, 10, 16).astype(np.int32)
-    epoch = train.make_train_epoch(model, config, mesh, len(labels))
-    new_state, metrics = epoch(input_pipeline.replicate(mesh, state),
-                               *input_pipeline.replicate(mesh, (images, labels)),
+    epoch = input_pipeline.device_train_epoch(trainer.train_step, mesh, config.batch_size,
+                                              len(labels))
+    new_state, metrics = epoch(trainer.state, *input_pipeline.replicate(mesh, (images, labels)),
                                jax.random.key(1))
     new_state, metrics = jax.device_get((new_state, metrics))
     assert int(metrics.loss.count) == 2 and int(metrics.first_non_finite_step.compute()) == -1
@@ -358,7 +357,7 @@ def _small_cnn():
     from lclmt_jax.models.cnn import CNN
 
     return CNN(convs=((4, 3, 1), (6, 4, 2)), dense=(16,), num_classes=5,
-               estimator=bounds.Estimator(subspace_size=4, exact_below=5))
+               estimator=bounds.Estimator(1, subspace_size=4, exact_below=5))
 
 
 def test_cnn_sound_bound_is_the_product_of_exact_layer_norms_and_dominates_jacobians():

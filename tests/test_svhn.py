@@ -53,7 +53,7 @@ def test_smoke_lc_lmt_run_on_mock_data_stays_finite(smoke_run):
         values = np.array([v for k, v in record.items() if k != 'epoch'], np.float64)
         assert np.all(np.isfinite(values)), record
         # Before the fix: loss ~3e17 in epoch 1, then L == 0 (constant outputs).
-        assert 0 < record['lipschitz'] < 1e4, record
+        assert 0 < record['test_lipschitz'] < 1e4, record
         assert record['train_loss'] < 1e3, record
     assert json.load(open(os.path.join(smoke_run, 'config.json')))['grad_clip_norm'] == 10.0
 

@@ -12,7 +12,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from lclmt_jax import sweeps, train
+from lclmt_jax import run_files, sweeps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIG2 = os.path.join(REPO, 'experiments', 'mnist_fig2_sweep.py')
@@ -29,9 +29,9 @@ TINY_SWEEP = textwrap.dedent('''\
         return [{'method': 'lmt', 'epsilon': 0.2}, {'method': 'plain'}]
 ''')
 # Applied to every member: one epoch, and a small attack on 50 test examples.
-COMMON_FLAGS = ['--config.num_epochs=1', '--config.attack.steps=5',
-                '--config.attack.binary_search_steps=1', '--config.evaluation.epsilons=(0.1, 0.3)',
-                '--max_examples=50']
+COMMON_FLAGS = ['--config.num_epochs=1', '--config.evals.cw_l2.steps=5',
+                '--config.evals.cw_l2.binary_search_steps=1',
+                '--config.evaluation.epsilons=(0.1, 0.3)', '--max_examples=50']
 
 
 def _write(path, text):
@@ -91,8 +91,8 @@ def test_the_figure_2a_sweep_declares_the_papers_eight_runs():
     ("def get_sweep(variant=''):\n    return [{'epsilonn': 0.1}]\n", {},
      "sweep member 'epsilonn0.1' sets 'epsilonn', which is not a config field; did you mean "
      "'epsilon'"),
-    ("def get_sweep(variant=''):\n    return [{'attack.step': 3}]\n", {},
-     "'attack.step', which is not a config field; did you mean 'attack.steps'"),
+    ("def get_sweep(variant=''):\n    return [{'evals.cw_l2.step': 3}]\n", {},
+     "'evals.cw_l2.step', which is not a config field; did you mean 'evals.cw_l2.steps'"),
     ("def get_sweep(variant=''):\n    return [{'epsilon': 'big'}]\n", {},
      "sweep member 'big'.*cannot be casted"),
     ("def get_sweep(variant=''):\n    return [{'method': 'lmtt'}]\n", {},
@@ -155,7 +155,7 @@ def test_a_tiny_sweep_prints_its_commands_runs_and_tabulates(tmp_path):
     for name in members:
         with open(os.path.join(workdir, name, 'config.json')) as f:
             config = json.load(f)
-        assert (config['num_epochs'], config['attack']['steps']) == (1, 5)
+        assert (config['num_epochs'], config['evals']['cw_l2']['steps']) == (1, 5)
         with open(os.path.join(workdir, name, 'evaluation', 'evaluation.json')) as f:
             assert json.load(f)['num_examples'] == 50
 
@@ -175,10 +175,11 @@ def test_a_member_workdir_trained_otherwise_is_not_reused(tmp_path):
     member_dir = tmp_path / 'sweep' / 'plain'
     os.makedirs(member_dir)
     saved = json.loads(sweep.config('plain').to_json_best_effort())
-    saved.update(num_epochs=50, eval_batch_size=500, attack={'steps': 1})  # may differ
+    saved.update(num_epochs=50, eval_batch_size=500)  # may differ
+    saved['evals']['cw_l2']['steps'] = 1
     saved['data']['manual_dir'] = '/elsewhere'
     _write(member_dir / 'config.json', json.dumps(saved))
-    train.check_same_training(str(member_dir), sweep.config('plain'))
+    run_files.check_same_training(str(member_dir), sweep.config('plain'))
     saved['learning_rate'] = 0.1
     _write(member_dir / 'config.json', json.dumps(saved))
     with pytest.raises(ValueError, match='was trained with learning_rate=0.1, the config now '
@@ -192,7 +193,7 @@ def test_a_failing_member_does_not_stop_the_others(tmp_path):
         # Adam's steps of 1e30: infinite logits, a non-finite loss
         "[{'learning_rate': 1e30}, {'method': 'plain'}]"))
     sweep = sweeps.Sweep.load(f'{path}:embedded', {
-        'num_epochs': 1, 'attack.steps': 5, 'attack.binary_search_steps': 1})
+        'num_epochs': 1, 'evals.cw_l2.steps': 5, 'evals.cw_l2.binary_search_steps': 1})
     assert list(sweep.members) == ['lr1e+30', 'plain']
     workdir = str(tmp_path / 'sweep')
     with pytest.raises(sweeps.SweepError,

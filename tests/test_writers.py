@@ -17,7 +17,7 @@ def test_one_record_per_epoch_in_jsonl_and_tensorboard(tmp_path, capsys):
     for epoch in (1, 2):
         progress(epoch)
         scalars = {'train_loss': 1.0 / epoch, 'train_accuracy': 0.5, 'test_accuracy': 0.5,
-                   'lipschitz': 2.0, 'test_margin': 0.1, 'required_margin': 0.2,
+                   'test_lipschitz': 2.0, 'test_margin': 0.1, 'test_required_margin': 0.2,
                    'test_bound_met': 0.0, 'epoch_seconds': 0.01}
         writer.write_scalars(epoch, scalars)
         writer.flush()
@@ -25,7 +25,7 @@ def test_one_record_per_epoch_in_jsonl_and_tensorboard(tmp_path, capsys):
     records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
     assert [r['epoch'] for r in records] == [1, 2]
     assert records[1]['train_loss'] == pytest.approx(0.5)
-    assert records[1]['steps_per_sec'] > 0 and records[1]['uptime'] > 0
+    assert records[1]['epochs_per_second'] > 0 and records[1]['uptime'] > 0
     events = event_accumulator.EventAccumulator(str(tmp_path / 'tensorboard'))
     events.Reload()
     losses = [(e.step, e.value) for e in events.Scalars('train_loss')]

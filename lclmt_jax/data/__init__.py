@@ -15,6 +15,7 @@ loaded dataset is checked by :func:`check_dataset`, whatever its source.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -62,6 +63,20 @@ def field(data_config: Any, name: str, default: str = '') -> str:
     """Reads an optional string field of the data config; None and missing mean ``default``."""
     value = getattr(data_config, name, default)
     return default if value is None else value
+
+
+def required_path(data_config: Any, source: str, kind: str, expected: str) -> str:
+    """``config.data.path``, which ``source`` needs to be an existing ``kind`` (``'file'`` or
+    ``'directory'``) holding ``expected``; a one-line ValueError saying so otherwise."""
+    path = field(data_config, 'path')
+    if not path:
+        raise ValueError(f"config.data.path is empty; source='{source}' needs a {kind} "
+                         f'holding {expected}')
+    exists = os.path.isdir(path) if kind == 'directory' else os.path.isfile(path)
+    if not exists:
+        raise ValueError(f"config.data.path={path!r} is not a {kind}; source='{source}' "
+                         f'expects a {kind} holding {expected}')
+    return path
 
 
 def validate_data_config(data_config: Any) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from lclmt_jax.data import SOURCES, Dataset, Source, field, from_splits
+from lclmt_jax.data import SOURCES, Dataset, Source, field, from_splits, required_path
 
 # The four IDX files of an MNIST-format dataset, each optionally gzip-compressed ('.gz').
 IDX_FILES = {
@@ -39,15 +39,7 @@ def _expected_idx_names() -> str:
 
 
 def _validate(data_config: Any) -> None:
-    path = field(data_config, 'path')
-    if not path:
-        raise ValueError(
-            "config.data.path is empty; source='idx' needs a directory holding "
-            f'{_expected_idx_names()}')
-    if not os.path.isdir(path):
-        raise ValueError(
-            f"config.data.path={path!r} is not a directory; source='idx' expects a "
-            f'directory holding {_expected_idx_names()}')
+    path = required_path(data_config, 'idx', 'directory', _expected_idx_names())
     missing = [stem for stem in IDX_FILES.values() if _idx_file(path, stem) is None]
     if missing:
         raise ValueError(

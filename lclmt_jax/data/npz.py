@@ -11,29 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from lclmt_jax.data import (
-    SOURCES,
-    Dataset,
-    Source,
-    as_int32_labels,
-    as_uint8_images,
-    field,
-    from_splits,
-)
+from lclmt_jax import data
+from lclmt_jax.data import SOURCES, Dataset, Source
 
 NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
 
 
 def _validate(data_config: Any) -> None:
-    path = field(data_config, 'path')
-    if not path:
-        raise ValueError(
-            "config.data.path is empty; source='npz' needs a .npz file with keys "
-            f'{", ".join(NPZ_KEYS)}')
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"config.data.path={path!r} does not exist or is not a file; source='npz' "
-            f'expects a .npz file with keys {", ".join(NPZ_KEYS)}')
+    data.required_path(data_config, 'npz', 'file', f'the arrays {", ".join(NPZ_KEYS)}')
 
 
 def _load(path: str) -> Dataset:
@@ -58,14 +43,14 @@ def _load(path: str) -> Dataset:
     splits = {}
     for split in ('train', 'test'):
         what = f'{path} [{split}]'
-        images = as_uint8_images(arrays[f'x_{split}'], what)
-        labels = as_int32_labels(arrays[f'y_{split}'], what)
+        images = data.as_uint8_images(arrays[f'x_{split}'], what)
+        labels = data.as_int32_labels(arrays[f'y_{split}'], what)
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f'{what}: {images.shape[0]} images but {labels.shape[0]} labels')
         splits[split] = (images, labels)
     name = os.path.splitext(os.path.basename(path))[0] or 'npz'
-    return from_splits(splits['train'], splits['test'], name)
+    return data.from_splits(splits['train'], splits['test'], name)
 
 
 SOURCES.register('npz', Source(validate=_validate,
-                               load=lambda data_config: _load(field(data_config, 'path'))))
+                               load=lambda data_config: _load(data.field(data_config, 'path'))))

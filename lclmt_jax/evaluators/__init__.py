@@ -1,29 +1,36 @@
 """Evaluations of a trained run, by name (``config.evaluators``): each a one-file plugin.
 
-An evaluator is a function ``(Context) -> Result`` registered with ``@EVALUATORS.register``
-in a module of this package. ``--mode=evaluate``, ``--mode=compare`` and sweeps run the
-configured evaluators in order and never need to know what they compute: every result is named
-scalars (``evaluation.json``, the comparison tables), accuracy-vs-radius curves
-(``curves.csv`` and the figures), per-example columns (``per_example.csv``) and optional figures
-of its own.
+An evaluator is a function ``(Context, settings) -> Result`` registered with
+``@evaluator('<name>', **default settings)`` in a module of this package. Its settings are its
+own config section, ``config.evals.<name>`` (``configs.default_config`` collects every
+evaluator's defaults, so ``--config.evals.<name>.<field>=...`` works on the command line).
+``--mode=evaluate``, ``--mode=compare`` and sweeps run the configured evaluators in order and
+never need to know what they compute: every result is named scalars (``evaluation.json``, the
+comparison tables), accuracy-vs-radius curves (``curves.csv`` and the figures), per-example
+columns (``per_example.csv``) and optional figures of its own.
 
 The :class:`Context` shares what several evaluators need, computed once: the restored model,
 the test points, float64 logits and the sound certified radii. An evaluator that attacks the
 certified points reports ``scalars['broken_certificates']``: a certified point the attack broke
 inside its radius, which means a bound is wrong and makes the evaluation fail.
+
+Reading a config collects the settings, so this package and its plugins import nothing heavy at
+module level: the numerical modules (JAX) are imported inside the functions that use them.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import ml_collections
 import numpy as np
 
-from lclmt_jax import certify
 from lclmt_jax.registry import Registry
-from lclmt_jax.restored import RestoredModel
+
+if TYPE_CHECKING:
+    from lclmt_jax.restored import RestoredModel
 
 
 class Curve(NamedTuple):
@@ -65,6 +72,8 @@ class Context:
     @functools.cached_property
     def logits64(self) -> np.ndarray:
         """Eval-mode logits in float64, as the certificates use them."""
+        from lclmt_jax import certify
+
         return certify.logits_float64(self.restored.model, self.restored.variables, self.images)
 
     @functools.cached_property
@@ -73,11 +82,47 @@ class Context:
 
     def radii(self, certificate: str) -> np.ndarray:
         """Sound certified radius per test point with ``certificate`` (``certify``), cached."""
+        from lclmt_jax import certify
+
         if certificate not in self._radii:
             self._radii[certificate] = certify.certified_radii(
                 self.logits64, self.labels, self.restored.sound_bounds, certificate)
         return self._radii[certificate]
 
 
-Evaluator = Callable[[Context], Result]
+class Evaluator(NamedTuple):
+    """A registered evaluation: the function and the defaults of its ``config.evals`` section."""
+
+    evaluate: Callable[[Context, ml_collections.ConfigDict], Result]
+    settings: dict[str, Any]
+
+
 EVALUATORS: Registry[Evaluator] = Registry('evaluator', package=__name__)
+
+
+def evaluator(name: str, **settings: Any) -> Callable:
+    """Registers the decorated ``(Context, settings) -> Result`` as evaluator ``name`` with the
+    default ``settings`` of its ``config.evals.<name>`` section (None: an optional int)."""
+    def add(function: Callable) -> Callable:
+        EVALUATORS.register(name, Evaluator(function, settings))
+        return function
+
+    return add
+
+
+def default_settings() -> ml_collections.ConfigDict:
+    """``config.evals``: every evaluator's section with its defaults (None as an int placeholder,
+    so that ``--config.evals.<name>.<field>=N`` parses)."""
+    sections = ml_collections.ConfigDict()
+    for name in EVALUATORS:
+        section = ml_collections.ConfigDict()
+        for field, value in EVALUATORS.get(name).settings.items():
+            section[field] = ml_collections.config_dict.placeholder(int) if value is None \
+                else value
+        sections[name] = section
+    return sections
+
+
+def run_evaluator(name: str, context: Context) -> Result:
+    """Evaluator ``name`` on ``context`` with the settings of ``context.config.evals.<name>``."""
+    return EVALUATORS.get(name).evaluate(context, context.config.evals[name])

@@ -36,16 +36,10 @@ _TRAINER_FIELDS = ('num_classes', 'estimator')
 
 # Kernel initializers a model may name (``weight_init``): He/LeCun scaling, or orthogonal matrices,
 # whose singular values all start at 1 (a Lipschitz bound of 1 per layer from the first step).
-INITIALIZERS = {'lecun_normal': nn.initializers.lecun_normal(),
-                'he_normal': nn.initializers.he_normal(),
-                'orthogonal': nn.initializers.orthogonal()}
-
-
-def initializer(name: str) -> nn.initializers.Initializer:
-    """The kernel initializer called ``name`` (one-line error naming the allowed ones)."""
-    if name not in INITIALIZERS:
-        raise ValueError(f'unknown init {name!r}; allowed: {", ".join(INITIALIZERS)}')
-    return INITIALIZERS[name]
+INITIALIZERS: Registry[nn.initializers.Initializer] = Registry('init')
+INITIALIZERS.register('lecun_normal', nn.initializers.lecun_normal())
+INITIALIZERS.register('he_normal', nn.initializers.he_normal())
+INITIALIZERS.register('orthogonal', nn.initializers.orthogonal())
 
 
 class ModelOutput(NamedTuple):
@@ -83,7 +77,7 @@ def dense_stack(h: Array, widths: Sequence[int], activation: Any, body_lipschitz
 
 
 def lipschitz_head(h: Array, body_lipschitz: Any, num_classes: int, *, train: bool,
-                   sound: bool, estimator: bounds.Estimator = bounds.Estimator(),
+                   sound: bool, estimator: bounds.Estimator = bounds.ONE_VECTOR,
                    kernel_init: Any = nn.initializers.lecun_normal()) -> ModelOutput:
     """The dense ``'head'`` on the body's features ``h``, and the whole network's output.
 
@@ -110,11 +104,9 @@ def model_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def estimator(config: ml_collections.ConfigDict) -> bounds.Estimator:
-    """The training estimator of ``config.bound`` (defaults for fields it lacks)."""
-    section = config.get('bound', None)
-    fields = {name: int(section[name]) for name in bounds.Estimator._fields
-              if section is not None and name in section}
-    return bounds.Estimator(**fields)
+    """The training estimator of ``config.bound``."""
+    return bounds.Estimator(**{name: int(config.bound[name])
+                               for name in bounds.Estimator._fields})
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
@@ -132,3 +124,16 @@ def init_variables(model: nn.Module, rng: Array, input_shape: Sequence[int]) -> 
     initializer (orthogonal, QR of the power-iteration blocks) op by op.
     """
     return jax.jit(model.init)({'params': rng}, jnp.zeros((1, *input_shape), jnp.float32))
+
+
+def reconverge_estimates(model: nn.Module, variables: Any, images: Array, steps: int) -> dict:
+    """The ``'lipschitz'`` collection with every power-iteration vector advanced ``steps`` times.
+
+    Runs the network in train mode on ``images`` (float, a fixed batch: the BN statistics of
+    folded conv bounds are those of a training batch) without touching the BN running averages.
+    At the start of an epoch it lets the training estimate catch up with weights that moved
+    faster than one iteration per step could follow.
+    """
+    converger = model.clone(estimator=model.estimator._replace(power_iterations=steps))
+    _, updated = converger.apply(variables, images, train=True, mutable=['lipschitz'])
+    return updated['lipschitz']

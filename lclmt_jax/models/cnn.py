@@ -16,11 +16,11 @@ from lclmt_jax import bounds
 from lclmt_jax.activations import ACTIVATIONS
 from lclmt_jax.layers import LipschitzConv
 from lclmt_jax.models import (
+    INITIALIZERS,
     MODELS,
     ModelOutput,
     check_widths,
     dense_stack,
-    initializer,
     lipschitz_head,
 )
 
@@ -42,11 +42,11 @@ class CNN(nn.Module):
     activation: str = 'minmax'
     weight_init: str = 'orthogonal'
     num_classes: int = 10
-    estimator: bounds.Estimator = bounds.Estimator()
+    estimator: bounds.Estimator = bounds.ONE_VECTOR
 
     def __post_init__(self):
         ACTIVATIONS.get(self.activation, 'activation')
-        initializer(self.weight_init)
+        INITIALIZERS.get(self.weight_init, 'weight_init')
         if not all(len(conv) == 3 and all(isinstance(n, int) and n > 0 for n in conv)
                    for conv in self.convs):
             raise ValueError('cnn.convs must be (features, kernel size, stride) triples of '
@@ -56,7 +56,7 @@ class CNN(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, sound: bool = False) -> ModelOutput:
-        activation, init = ACTIVATIONS.get(self.activation), initializer(self.weight_init)
+        activation, init = ACTIVATIONS.get(self.activation), INITIALIZERS.get(self.weight_init)
         kw = {'train': train, 'sound': sound}
         h, body_lipschitz = x, 1.0
         for features, size, stride in self.convs:

@@ -10,11 +10,11 @@ import jax
 from lclmt_jax import bounds
 from lclmt_jax.activations import ACTIVATIONS
 from lclmt_jax.models import (
+    INITIALIZERS,
     MODELS,
     ModelOutput,
     check_widths,
     dense_stack,
-    initializer,
     lipschitz_head,
 )
 
@@ -33,17 +33,17 @@ class MLP(nn.Module):
     activation: str = 'relu'
     weight_init: str = 'lecun_normal'
     num_classes: int = 10
-    estimator: bounds.Estimator = bounds.Estimator()
+    estimator: bounds.Estimator = bounds.ONE_VECTOR
 
     def __post_init__(self):
         ACTIVATIONS.get(self.activation, 'activation')
-        initializer(self.weight_init)
+        INITIALIZERS.get(self.weight_init, 'weight_init')
         check_widths(self.hidden_sizes, 'mlp.hidden_sizes')
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, sound: bool = False) -> ModelOutput:
-        activation, init = ACTIVATIONS.get(self.activation), initializer(self.weight_init)
+        activation, init = ACTIVATIONS.get(self.activation), INITIALIZERS.get(self.weight_init)
         h = x.reshape((x.shape[0], -1))
         body_lipschitz = 1.0
         h, body_lipschitz = dense_stack(h, self.hidden_sizes, activation, body_lipschitz,

@@ -52,7 +52,7 @@ class PreActBlock(nn.Module):
     strides: int = 1
     fold_bn: bool = True
     zero_init_residual: bool = False
-    estimator: bounds.Estimator = bounds.Estimator()
+    estimator: bounds.Estimator = bounds.ONE_VECTOR
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False,
@@ -114,7 +114,7 @@ class WideResNet(nn.Module):
     num_classes: int = 10
     fold_bn: bool = True
     zero_init_residual: bool = False
-    estimator: bounds.Estimator = bounds.Estimator()
+    estimator: bounds.Estimator = bounds.ONE_VECTOR
 
     def __post_init__(self):
         if self.depth < 10 or (self.depth - 4) % 6:
