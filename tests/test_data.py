@@ -168,8 +168,14 @@ def test_idx_label_count_mismatch(tmp_path):
 
 def test_idx_missing_directory_or_file(tmp_path):
     missing = tmp_path / 'nowhere'
-    with pytest.raises(ValueError, match='nowhere.*not a directory'):
+    with pytest.raises(ValueError, match='nowhere.*does not exist'):
         data.validate_data_config(make_config('idx', path=str(missing)))
+    a_file = tmp_path / 'a_file'
+    a_file.write_bytes(b'')
+    with pytest.raises(ValueError, match='a_file.*is not a directory'):
+        data.validate_data_config(make_config('idx', path=str(a_file)))
+    with pytest.raises(ValueError, match='is not a file'):
+        data.validate_data_config(make_config('npz', path=str(tmp_path)))
     with pytest.raises(ValueError, match='config.data.path is empty'):
         data.load_dataset(make_config('idx'))
     write_idx_dir(tmp_path, compressed=True)

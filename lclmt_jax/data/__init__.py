@@ -72,8 +72,10 @@ def required_path(data_config: Any, source: str, kind: str, expected: str) -> st
     if not path:
         raise ValueError(f"config.data.path is empty; source='{source}' needs a {kind} "
                          f'holding {expected}')
-    exists = os.path.isdir(path) if kind == 'directory' else os.path.isfile(path)
-    if not exists:
+    if not os.path.exists(path):
+        raise ValueError(f"config.data.path={path!r} does not exist; source='{source}' "
+                         f'expects a {kind} holding {expected}')
+    if os.path.isdir(path) != (kind == 'directory'):
         raise ValueError(f"config.data.path={path!r} is not a {kind}; source='{source}' "
                          f'expects a {kind} holding {expected}')
     return path
