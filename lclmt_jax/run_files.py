@@ -3,7 +3,11 @@ the resume policy: which config changes a workdir's training survives.
 
 ``config.json`` (the resolved config), ``run.json`` (dataset name, input shape, classes) and
 ``metrics.jsonl`` (one record per epoch, written through ``lclmt_jax.writers``). Only process 0
-writes. Needs neither TensorFlow nor the trainer, so reports and comparisons read runs cheaply.
+writes. ``config.json`` and ``run.json`` are written with each checkpoint, so they bind a workdir
+only once something was trained there: a run that diverged before its first checkpoint leaves
+none, and the next command may use another config. On resume ``metrics.jsonl`` is rewritten to
+hold exactly the epochs of the checkpoint resumed from, once each. Needs neither TensorFlow
+nor the trainer, so reports and comparisons read runs cheaply.
 Files written by older versions are read in today's terms (``LEGACY_METRIC_NAMES``,
 ``config_from_dict``).
 """
@@ -17,7 +21,9 @@ from collections.abc import Mapping
 import flax
 import jax
 import ml_collections
+import numpy as np
 
+from lclmt_jax import checkpoints, console
 from lclmt_jax.configs import default_config
 
 METRICS_FILE = 'metrics.jsonl'
@@ -37,32 +43,91 @@ NOT_TRAINING_FIELDS = ('num_epochs', 'checkpoint_every_epochs', 'eval_batch_size
                        'bound.sound_every_epochs')
 
 
-def truncate_metrics(workdir: str, last_epoch: int) -> None:
-    """Drops records after ``last_epoch`` (left by a run killed after its last checkpoint)."""
+def check_workdir(workdir: str) -> None:
+    """Refuses a ``--workdir`` that cannot be one, before any work: empty, a file, or below a
+    file. Creates nothing."""
+    if not workdir:
+        raise ValueError('--workdir is empty')
+    path = os.path.abspath(workdir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        if path == os.path.abspath(workdir):
+            raise ValueError(f'--workdir {workdir} is a file, not a directory')
+        raise ValueError(f'--workdir {workdir} lies below {path}, which is a file')
+
+
+def _atomic_write(path: str, text: str) -> None:
+    """Replaces ``path`` by ``text`` in one step: a reader sees the old or the new file."""
+    temporary = f'{path}.tmp'
+    with open(temporary, 'w') as f:
+        f.write(text)
+    os.replace(temporary, path)
+
+
+def _records(path: str, skip_broken: bool = False) -> list[dict]:
+    """The JSON records of a JSON-lines file; a broken line raises ValueError naming the file
+    and line, or is dropped with ``skip_broken`` (a run killed mid-write leaves half a line)."""
+    records = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                int(record['epoch'])
+            except (ValueError, TypeError, KeyError) as error:
+                if skip_broken:
+                    continue
+                raise ValueError(f'{path}, line {number}: not a metrics record '
+                                 f'({console.one_line(error, with_type=True)})') from None
+            records.append(record)
+    return records
+
+
+def rewrite_metrics(workdir: str, last_epoch: int) -> None:
+    """Rewrites ``metrics.jsonl`` to hold the epochs 1..``last_epoch`` once each, in order
+    (process 0, atomically).
+
+    Called on every (re)start with the epoch resumed from: records after it (a run stopped
+    after its last checkpoint, or one that fell back) and repeated or broken lines go; of an
+    epoch written twice the last record, written by the run that reached the checkpoint, stays.
+    """
     path = os.path.join(workdir, METRICS_FILE)
     if jax.process_index() != 0 or not os.path.exists(path):
         return
-    with open(path) as f:
-        records = [line for line in f if line.strip() and json.loads(line)['epoch'] <= last_epoch]
-    with open(path, 'w') as f:
-        f.writelines(records)
+    last = {int(record['epoch']): record for record in _records(path, skip_broken=True)
+            if 1 <= int(record['epoch']) <= last_epoch}
+    _atomic_write(path, ''.join(json.dumps(last[epoch]) + '\n' for epoch in sorted(last)))
 
 
 def read_metrics(workdir: str) -> list[dict]:
     """The per-epoch records of a run, in epoch order, with today's metric names."""
-    with open(os.path.join(workdir, METRICS_FILE)) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = _records(os.path.join(workdir, METRICS_FILE))
     return [{LEGACY_METRIC_NAMES.get(name, name): value for name, value in record.items()}
             for record in records]
 
 
+def read_json(path: str) -> dict:
+    """A JSON object from ``path``; a broken file raises ValueError naming it."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except ValueError as error:
+        raise ValueError(f'{path} is not valid JSON ({console.one_line(error)}): restore or '
+                         'delete it') from None
+    if not isinstance(value, dict):
+        raise ValueError(f'{path} holds {type(value).__name__}, not a JSON object')
+    return value
+
+
 def save_json(workdir: str, name: str, value: Mapping) -> None:
-    """Writes ``value`` as ``workdir/name`` (process 0), e.g. the resolved config or run info."""
+    """Writes ``value`` as ``workdir/name`` (process 0, atomically), e.g. the resolved config or
+    run info."""
     if jax.process_index() != 0:
         return
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, name), 'w') as f:
-        json.dump(dict(value), f, indent=2, sort_keys=True)
+    _atomic_write(os.path.join(workdir, name), json.dumps(dict(value), indent=2, sort_keys=True))
 
 
 def config_as_dict(config: ml_collections.ConfigDict) -> dict:
@@ -88,26 +153,58 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f'{path} not found: is {workdir!r} the workdir of a training run?')
-    with open(path) as f:
-        return config_from_dict(json.load(f))
+    return config_from_dict(read_json(path))
+
+
+def training_differences(saved: Mapping, config: ml_collections.ConfigDict) -> list[str]:
+    """The training fields in which ``config`` differs from the saved config ``saved`` (a
+    ``config_as_dict``), as ``key=saved`` pairs with the new value, sorted by key.
+
+    Every field but ``NOT_TRAINING_FIELDS`` counts; a field only one of them has was added to
+    (or dropped from) the code in between and does not count.
+    """
+    old = flax.traverse_util.flatten_dict(dict(saved), sep='.')
+    new = flax.traverse_util.flatten_dict(config_as_dict(config), sep='.')
+    changed = sorted(key for key in old.keys() & new.keys() if old[key] != new[key] and not any(
+        key == field or key.startswith(f'{field}.') for field in NOT_TRAINING_FIELDS))
+    return [f'{key}={old[key]!r}, the config now says {new[key]!r}' for key in changed]
+
+
+def _refusal(workdir: str, differences: list[str], where: str) -> str:
+    more = f' (and {len(differences) - 1} more field(s))' if len(differences) > 1 else ''
+    return (f'{workdir} was trained with {differences[0]}{more}; use another --workdir, or run '
+            f'with the config it was trained with ({where})')
 
 
 def check_same_training(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuses to resume a workdir whose run was trained with other training fields.
 
-    Compares the workdir's ``config.json`` with ``config``, field by field, except
-    ``NOT_TRAINING_FIELDS``; a field only one of them has was added to (or dropped from) the code
-    in between and does not count.
+    Compares ``config`` with the workdir's ``config.json`` (written with its checkpoints) and
+    with the config saved in its newest checkpoint, so a deleted or edited ``config.json``
+    changes nothing. Raises ``checkpoints.CheckpointMismatchError`` (a ValueError).
     """
     path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        old = flax.traverse_util.flatten_dict(json.load(f), sep='.')
-    new = flax.traverse_util.flatten_dict(config_as_dict(config), sep='.')
-    changed = sorted(key for key in old.keys() & new.keys() if old[key] != new[key] and not any(
-        key == field or key.startswith(f'{field}.') for field in NOT_TRAINING_FIELDS))
-    if changed:
-        key = changed[0]
-        raise ValueError(f'{workdir} was trained with {key}={old[key]!r}, the config now says '
-                         f'{new[key]!r}; use another --workdir or delete that run')
+    if os.path.exists(path):
+        differences = training_differences(read_json(path), config)
+        if differences:
+            raise checkpoints.CheckpointMismatchError(_refusal(workdir, differences,
+                                                               f'its {CONFIG_FILE}'))
+    saved = checkpoints.saved_setup(workdir)
+    if saved is not None:
+        check_resumable(workdir, saved[0], saved[1], saved[2], config)
+
+
+def check_resumable(workdir: str, epoch: int, saved_config: Mapping, saved_run: Mapping,
+                    config: ml_collections.ConfigDict, run_info: Mapping | None = None) -> None:
+    """Refuses the checkpoint of ``epoch``, saved with ``saved_config`` and ``saved_run``, for a
+    run of ``config`` on data described by ``run_info`` (None: not loaded yet): another training
+    field, input shape or number of classes is a mismatch, one line naming it and the ways out.
+    Nothing is moved: the checkpoint is intact."""
+    differences = training_differences(saved_config, config)
+    for key in ('input_shape', 'num_classes'):
+        if run_info is not None and key in saved_run and list(np.atleast_1d(saved_run[key])) \
+                != list(np.atleast_1d(run_info[key])):
+            differences.append(f'{key}={saved_run[key]!r}, the data now has {run_info[key]!r}')
+    if differences:
+        raise checkpoints.CheckpointMismatchError(_refusal(
+            workdir, differences, f'saved in {checkpoints.CHECKPOINT_DIR}/{epoch}/config'))

@@ -8,13 +8,14 @@ every member)::
     def get_sweep(variant=''):
         return [{'method': 'lmt', 'epsilon': 0.2}, {'method': 'plain'}]
 
-Each member is named from its overrides (``lmt_eps0.2``, ``plain``), or by its ``'member'`` key
-when it has one (``{'member': 'paper_lmt', 'method': 'lmt'}``), and runs in
-``<workdir>/<member>``. ``launch.py --sweep=run`` trains and evaluates the members one after
-another, skipping what is already done (an interrupted member resumes from its checkpoint), then
-overlays them with :func:`lclmt_jax.evaluate.compare_runs` (``comparison.csv``/``.json`` and the
-figures in ``<workdir>``). ``launch.py --sweep=print`` prints one shell command per member
-instead, for a scheduler.
+Each member is named from its overrides (``lmt_eps0.2``, ``plain``), or by its ``'member'`` key when
+it has one (``{'member': 'paper_lmt', 'method': 'lmt'}``), and runs in ``<workdir>/<member>``. A
+name is one folder name of letters, digits and ``._+-``, not starting with a dot (``MEMBER_NAME``),
+so every member stays inside the sweep's workdir. ``launch.py --sweep=run`` trains and evaluates the
+members one after another, skipping what is already done (an interrupted member resumes from its
+checkpoint), then overlays them with :func:`lclmt_jax.evaluate.compare_runs`
+(``comparison.csv``/``.json`` and the figures in ``<workdir>``). ``launch.py --sweep=print`` prints
+one shell command per member instead, for a scheduler.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -41,6 +42,8 @@ SHORT_NAMES = {'epsilon': 'eps', 'learning_rate': 'lr', 'batch_size': 'bs', 'num
                'weight_decay': 'wd', 'hidden_sizes': 'h', 'epsilon_warmup_epochs': 'warmup'}
 MEMBER_FILE = 'sweep_member.json'  # in a member's workdir once it is trained and evaluated
 NAME_KEY = 'member'  # a member dict may name itself: {'member': 'paper_lmt', 'method': 'lmt'}
+# A member's folder name: no separator, no leading dot ('..', hidden files), at most 100 long.
+MEMBER_NAME = re.compile(r'[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,99}')
 
 
 class SweepError(RuntimeError):
@@ -73,8 +76,18 @@ def member_name(overrides: Mapping[str, Any]) -> str:
             parts.append(short if value else f'no{short}')
         else:
             parts.append(f'{short}{_format_value(value)}')
-    name = re.sub(r'[^A-Za-z0-9._+-]', '-', '_'.join(parts))
+    name = re.sub(r'[^A-Za-z0-9._+-]', '-', '_'.join(parts)).lstrip('.')
     return name or 'base'
+
+
+def check_member_name(name: Any, path: str) -> str:
+    """``name`` if it is a safe folder name for a member (``MEMBER_NAME``), else one ValueError:
+    a name like ``../x`` or ``/tmp/x`` would train outside the sweep's workdir."""
+    if not isinstance(name, str) or not MEMBER_NAME.fullmatch(name):
+        raise ValueError(f'{path}: sweep member name {name!r} is not allowed: use 1-100 letters, '
+                         'digits and ._+- , not starting with a dot (it names a folder inside '
+                         'the workdir)')
+    return name
 
 
 def flag_value(value: Any) -> str:
@@ -148,7 +161,7 @@ class Sweep:
             if clash:
                 raise ValueError(f'--config.{clash[0]} is set by the sweep members of {path}; '
                                  'drop it from the command line (or from get_sweep)')
-            name = given_name or member_name(member)
+            name = check_member_name(given_name or member_name(member), path)
             if name in members:
                 raise ValueError(f'{path}: two sweep members are both named {name!r} '
                                  f'({members[name]} and {member})')
@@ -215,7 +228,8 @@ class Sweep:
         table = []
         if done and jax.process_index() == 0:
             table = evaluate.compare_runs(done, workdir)
-            console.say(format_table(table, self.base))
+            console.say(console.comparison_table(
+                table, self.base.certificate, self.base.evaluation.epsilons))
             console.say(f'table and figures: {os.path.abspath(workdir)}/comparison.csv, *.png')
         if failures:
             raise SweepError(f'{len(failures)} of {len(self.members)} sweep members failed: '
@@ -244,6 +258,7 @@ class Sweep:
 def launch(config_flag, action: str, workdir: str, max_examples: int | None = None,
            program: str = 'launch.py') -> None:
     """``launch.py --sweep=run|print``: the sweep of ``--config`` (with its ``--config.*``)."""
+    run_files.check_workdir(workdir)
     sweep = Sweep.from_config_flag(config_flag)
     if action == 'print':
         print(sweep.commands(workdir, max_examples, program))
@@ -256,25 +271,4 @@ def launch(config_flag, action: str, workdir: str, max_examples: int | None = No
 
 
 def _read_json(path: str) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def format_table(table: Sequence[dict], config: ml_collections.ConfigDict) -> str:
-    """The headline columns of ``compare_runs``'s table as aligned text, one row per member."""
-    certified = [f'certified_{config.certificate}@{eps:g}' for eps in config.evaluation.epsilons]
-    columns = ['member', 'run', 'epochs', 'train_accuracy', 'test_accuracy', *certified,
-               'first_epoch_meeting_bound']
-    headers = ['member', 'run', 'epochs', 'train_acc', 'test_acc',
-               *(f'cert@{eps:g}' for eps in config.evaluation.epsilons), 'bound_met_at']
-    rows = []
-    for row in table:
-        row = {**row, 'member': os.path.basename(row['workdir'])}
-        rows.append(['-' if row.get(c) is None else
-                     f'{row[c]:.4f}' if isinstance(row[c], float) else str(row[c])
-                     for c in columns])
-    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=False)]
-    return '\n'.join('  '.join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
-                     for line in [headers, *rows])
+    return run_files.read_json(path) if os.path.exists(path) else None

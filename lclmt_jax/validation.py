@@ -118,3 +118,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         raise ValueError(f'unknown config.data.pipeline {config.data.pipeline!r}; allowed: '
                          f'{", ".join(input_pipeline.PIPELINES)}')
     data.validate_data_config(config.data)
+    _integer(config.augment.crop_padding, 'augment.crop_padding', minimum=0)
+    if not isinstance(config.augment.flip, bool):
+        raise ValueError(f'augment.flip must be True or False, got {config.augment.flip!r}')

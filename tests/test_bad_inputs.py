@@ -87,6 +87,13 @@ def test_a_bad_config_is_one_line_and_touches_no_workdir(name, tmp_path, finishe
         _assert_one_line_and_untouched(result, message, workdir, before)
 
 
+def _truncated(path):
+    """Cuts a file in half, as an interrupted download or copy leaves it."""
+    with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) // 2)
+    return path
+
+
 def _bad_files(directory):
     """name -> (data flags, expected message), each a data file broken in its own way."""
     n = lambda name: str(directory / f'{name}.npz')  # noqa: E731
@@ -110,6 +117,8 @@ def _bad_files(directory):
         'fewer labels than images': (_npz(n('count'), y_train=np.arange(39) % 10),
                                      '40 images but 39 labels'),
         'a missing key': (_npz(n('key'), drop=('y_test',)), 'missing key(s) y_test'),
+        'a truncated archive': (_truncated(_npz(n('cut'))), 'cannot read .npz file (File is not '
+                                                           'a zip file): truncated'),
     }
     cases = {name: (['--config.data.source=npz', f'--config.data.path={path}'], message)
              for name, (path, message) in cases.items()}
@@ -139,13 +148,13 @@ def _bad_files(directory):
         cases[name] = (['--config.data.source=idx', f'--config.data.path={folder}'], message)
     cases['a missing IDX directory'] = (['--config.data.source=idx',
                                          f'--config.data.path={directory}/none'],
-                                        'is not a directory')
+                                        'does not exist')
     return cases
 
 
 def test_every_bad_data_file_is_one_line_and_creates_no_workdir(tmp_path):
     cases = _bad_files(tmp_path)
-    assert len(cases) == 14
+    assert len(cases) == 15
     workdir = str(tmp_path / 'new')
     for name, (args, message) in cases.items():
         result = _launch('--config=experiments/mnist_lc.py', *args, f'--workdir={workdir}',

@@ -150,7 +150,7 @@ def test_a_tiny_sweep_prints_its_commands_runs_and_tabulates(tmp_path):
             assert column in row
         assert 0 < float(row['test_accuracy']) <= 1
     assert os.path.exists(os.path.join(workdir, 'fig2_attack.png'))
-    table = ran.stdout[ran.stdout.index('\nmember '):].split('\n')
+    table = ran.stdout[ran.stdout.index('\nworkdir '):].split('\n')
     assert [line.split()[0] for line in table[2:len(members) + 2]] == members
     for name in members:
         with open(os.path.join(workdir, name, 'config.json')) as f:

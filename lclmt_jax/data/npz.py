@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,9 @@ from lclmt_jax import data
 from lclmt_jax.data import SOURCES, Dataset, Source
 
 NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
+# What numpy and zipfile raise on a file that is not a complete .npz: truncated (no central
+# directory), not an archive at all, a corrupted or cut member.
+UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 def _validate(data_config: Any) -> None:
@@ -25,8 +29,9 @@ def _load(path: str) -> Dataset:
     """Loads a Keras-style ``.npz`` with keys x_train, y_train, x_test, y_test."""
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:  # not .npy/.npz, pickled, truncated
-        raise ValueError(f'{path}: cannot read .npz file ({error})') from error
+    except UNREADABLE as error:  # not .npy/.npz, pickled, truncated
+        raise ValueError(f'{path}: cannot read .npz file ({error}): truncated, or not an .npz '
+                         'archive') from None
     if isinstance(npz, np.ndarray):
         raise ValueError(f'{path}: holds a single array, expected an .npz archive with keys '
                          f'{", ".join(NPZ_KEYS)}')
@@ -38,8 +43,9 @@ def _load(path: str) -> Dataset:
                              f'{", ".join(NPZ_KEYS)}')
         try:
             arrays = {key: npz[key] for key in NPZ_KEYS}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            raise ValueError(f'{path}: cannot read .npz member ({error})') from error
+        except UNREADABLE as error:
+            raise ValueError(f'{path}: cannot read .npz member ({error}): truncated or '
+                             'corrupted archive') from None
     splits = {}
     for split in ('train', 'test'):
         what = f'{path} [{split}]'
