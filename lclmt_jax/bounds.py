@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -50,15 +50,18 @@ class Estimator(NamedTuple):
 
     Attributes:
       power_iterations: iterations per update (each layer, each training step).
-      subspace_size: B > 1 tracks a block of B vectors per dense layer (block power iteration
-        with Rayleigh-Ritz, ``dense_subspace_iteration``) instead of one vector; convs keep one.
-      exact_below: dense layers whose smaller dimension is at most this use their exact norm
-        (``dense_exact_norm``), e.g. a 10-class head, where that is the cheapest.
+      subspace_size: B > 1 tracks a block of B vectors per dense layer
+        (``dense_block_iteration``) instead of one vector; convs keep one.
+      exact_below: dense layers whose smaller dimension is at most this (e.g. a 10-class head)
+        take their norm from their small Gram matrix (``dense_gram_norm``): exact, no state.
+      rayleigh_ritz: set only by ``models.refresh_estimates``: dense blocks take one
+        Rayleigh-Ritz step (``dense_rayleigh_ritz``) instead of their power iterations.
     """
 
     power_iterations: int
     subspace_size: int
     exact_below: int
+    rayleigh_ritz: bool = False
 
 
 # The papers' estimator (Tsuzuku et al.; Ono et al.): one vector per layer, one step per update.
@@ -110,33 +113,108 @@ def dense_power_iteration(kernel: Array, v: Array, steps: int = 1) -> tuple[Arra
     return sigma, v_new
 
 
-def dense_subspace_iteration(kernel: Array, basis: Array,
-                             steps: int = 1) -> tuple[Array, Array]:
-    """Block power iteration with Rayleigh-Ritz for the spectral norm of ``x -> x @ kernel``.
+# The squarings that find the top Ritz direction of a block (``dense_block_advance``): on the paper
+# MLP under LC-LMT, 4 (a 16th power) left the estimate ~1% behind in bunched tops, 8 about 0.3%.
+RITZ_SQUARINGS = 8
 
-    ``basis`` (in, B) has orthonormal columns spanning the persistent estimate of the top-B right
-    singular subspace. Each step maps V -> Z = K K^T V and re-orthonormalises by Rayleigh-Ritz:
-    with Z^T Z = Q diag(lam) Q^T, V' = Z Q diag(lam)^(-1/2) (orthonormal, the Ritz vectors, the
-    largest last). Why a block: training pushes down only the direction the estimate tracks, so
-    the top singular values of LMT-trained layers bunch together and the top direction keeps
-    switching between them; one vector cannot follow that, a block containing them all can.
 
-    Returns the estimate sigma = |v K| for the top Ritz vector v (differentiable in ``kernel``
-    with v and u = normalize(v K) stop-gradiented, as in ``dense_power_iteration``) and V'.
-    sigma <= |K|_2 for every v: a lower bound, like every estimate here.
+def dense_block_advance(kernel: Array, block: Array) -> tuple[Array, Array]:
+    """One step of subspace iteration for ``x -> x @ kernel``, matrix products only: the block
+    advanced, and its top Ritz vector.
+
+    ``block`` (in, B) is a persistent, nearly orthonormal V spanning the estimate of the top-B
+    right singular subspace of K. Why a block: training pushes down only the direction an
+    estimate tracks, so the top singular values of LMT-trained layers bunch together and the top
+    direction keeps switching between them; one vector cannot follow that, a block holding them
+    all can. No decomposition (so the step costs the same kinds of kernels on any device):
+
+    * the top Ritz vector: with M = V^T K K^T V (B x B), q = the dominant column of M^256 (eight
+      rescaled squarings: a bunched top with ratios 0.98 still separates), returned as
+      normalize(V q);
+    * the update (Oja's subspace rule): V <- V + (K K^T V - V M)/s, s = max_i M_ii (the
+      largest column quotient, <= sigma_1^2). The step is orthogonal to span(V) when V is
+      orthonormal, so it turns the span towards K's top right singular subspace and changes
+      V^T V only to second order; one Newton-Schulz step V <- V (3 I - V^T V)/2 removes that
+      (after a rescaling that keeps every singular value of V below sqrt(3), where the step is
+      a contraction towards 1: the Gershgorin bound max_i sum_j |(V^T V)_ij|). The block
+      neither collapses onto the top direction nor drifts off orthonormality, whatever the
+      spectrum (tests/test_bounds.py).
+
+    Everything is stop-gradiented: ``dense_block_iteration`` turns the vector into the
+    differentiable estimate. ``dense_rayleigh_ritz`` re-orthonormalises exactly once per epoch
+    (``models.refresh_estimates``). A zero kernel leaves the block as it was.
     """
     w = jax.lax.stop_gradient(kernel)
+    block = jax.lax.stop_gradient(block)
+    rows = block.T @ w  # (B, out): v_i K
+    ritz = rows @ rows.T  # M = V^T K K^T V
+    power = ritz
+    for _ in range(RITZ_SQUARINGS):  # M^256, rescaled to stay finite
+        power = power @ power
+        power = power / jnp.maximum(jnp.max(jnp.abs(power)), jnp.finfo(power.dtype).tiny)
+    top = normalize(block @ power[:, jnp.argmax(jnp.linalg.norm(power, axis=0))])
+    scale = jnp.max(jnp.diagonal(ritz))
+    moved = block + (w @ rows.T - block @ ritz) / jnp.where(scale > 0, scale, 1.0)
+    gram = moved.T @ moved
+    moved = moved / jnp.sqrt(jnp.maximum(jnp.max(jnp.sum(jnp.abs(gram), axis=1)), 1.0))
+    identity = jnp.eye(block.shape[1], dtype=block.dtype)
+    return moved @ (1.5 * identity - 0.5 * moved.T @ moved), top
 
-    def step(_, basis):
-        z = w @ (basis.T @ w).T
-        lam, q = jnp.linalg.eigh(z.T @ z)
-        lam = jnp.maximum(lam, 1e-30 + 1e-12 * lam[-1])
-        return (z @ q) / jnp.sqrt(lam)
 
-    basis = jax.lax.fori_loop(0, steps, step, jax.lax.stop_gradient(basis))
-    v = basis[:, -1]
-    u = normalize(v @ w)
-    return jnp.dot(v @ kernel, u), basis
+def dense_block_iteration(kernel: Array, block: Array, steps: int = 1) -> tuple[Array, Array]:
+    """The training estimate of |K|_2 from a persistent block (``dense_block_advance``, ``steps``
+    times) and the advanced block: sigma = normalize(K u)·(K u) = |K u| with u = normalize(v K)
+    for the block's top Ritz vector v, both vectors stop-gradiented, so d sigma / d K is the top
+    singular pair's outer product once converged. sigma = |K u| <= |K|_2 for a unit u: a lower
+    bound, like every estimate here."""
+    block = jax.lax.fori_loop(0, steps - 1, lambda _, b: dense_block_advance(kernel, b)[0],
+                              block)
+    block, top = dense_block_advance(kernel, block)
+    u = normalize(top @ jax.lax.stop_gradient(kernel))
+    image = kernel @ u
+    return jnp.dot(normalize(jax.lax.stop_gradient(image)), image), block
+
+
+def dense_gram_norm(kernel: Array, squarings: int = RITZ_SQUARINGS) -> Array:
+    """|K|_2 of a thin ``x -> x @ kernel`` (e.g. a 10-class head) from its small Gram matrix,
+    matrix products only, no state.
+
+    G = K^T K (or K K^T, whichever is smaller, m x m); G^(2^k) by k squarings (rescaled); its
+    dominant column is the top eigenvector of G up to a mixture weighted by
+    (lambda_i/lambda_1)^(2^k), so sigma = |K u| (u the unit top vector of the output side,
+    stop-gradiented as in ``dense_power_iteration``) is exact to float32 when
+    lambda_2/lambda_1 <= 0.9 (0.9^256 ~ 2e-12) and within the spread of a bunched top otherwise.
+    Always <= |K|_2.
+    """
+    w = jax.lax.stop_gradient(kernel)
+    wide = w.shape[0] <= w.shape[1]
+    gram = w @ w.T if wide else w.T @ w
+    for _ in range(squarings):
+        gram = gram @ gram
+        gram = gram / jnp.maximum(jnp.max(jnp.abs(gram)), jnp.finfo(gram.dtype).tiny)
+    top = normalize(gram[:, jnp.argmax(jnp.linalg.norm(gram, axis=0))])
+    u = normalize(top @ w) if wide else top  # a unit vector of the output side
+    image = kernel @ u
+    return jnp.dot(normalize(jax.lax.stop_gradient(image)), image)
+
+
+def dense_rayleigh_ritz(kernel: Array, basis: Array) -> Array:
+    """The block ``basis`` (in, B) advanced one step and re-orthonormalised by Rayleigh-Ritz.
+
+    Z = K K^T V; Q an orthonormal basis of its span (QR, completed by arbitrary orthonormal
+    directions where the block had collapsed onto fewer); V' = Q E with E the eigenvectors of
+    Q^T K K^T Q: orthonormal columns, the Ritz vectors of K K^T in span(Q), the largest last. For
+    a block as wide as the layer's smaller side, Z spans the layer's
+    whole row space, so the top Ritz vector is the top singular vector: the estimate is exact
+    after this step. A QR and a B x B eigendecomposition per layer, run once per epoch outside
+    the training step (``models.refresh_estimates``).
+    """
+    w = jax.lax.stop_gradient(kernel)
+    z = w @ (jax.lax.stop_gradient(basis).T @ w).T
+    q, _ = jnp.linalg.qr(z)
+    projected = q.T @ w  # (B, out)
+    _, vectors = jnp.linalg.eigh(projected @ projected.T)
+    return q @ vectors
 
 
 def dense_exact_norm(kernel: Array) -> Array:
@@ -144,9 +222,9 @@ def dense_exact_norm(kernel: Array) -> Array:
 
     ``eigh`` gives the top singular vector on the smaller side (v of K K^T, or u of K^T K);
     with both vectors of the pair stop-gradiented, sigma = (v K)·u = |v K| and its gradient is
-    the exact v u^T. One eigendecomposition of a min(in, out)-square matrix per call: the
-    cheapest estimate for thin layers such as a 10-class head. Computed in float32 under
-    ``jit``: a training value, never a certificate.
+    the exact v u^T. Computed in float32 under ``jit``: a training value, never a certificate.
+    An eigendecomposition per call: fine on a CPU, slow on accelerators, where training uses
+    ``dense_gram_norm`` instead.
     """
     w = jax.lax.stop_gradient(kernel)
     if w.shape[0] <= w.shape[1]:
@@ -383,3 +461,180 @@ def average_pool_bound(height: int, width: int, sound: bool = False) -> float:
     """
     bound = 1.0 / float(np.sqrt(height * width))
     return bound * (1.0 + SOUND_SLACK) if sound else bound
+
+
+# ----------------------------------------------------------------------------- 1-Lipschitz layers
+#
+# AOL (Prach & Lampert, 2022) and SLL (Araujo et al., 2023, in the corrected form of their
+# repository's commit 1abe5e1) are 1-Lipschitz by construction: a rescaling recomputed from the
+# parameters on every call makes the layer's norm <= 1 whatever the parameters are. Training uses
+# the constant 1; the sound bound does not assume it but measures, in float64, the operator the
+# forward pass really applies (``_in_both_precisions``), so rounding that broke the construction
+# would show as a bound above 1.
+
+# AOL's epsilon: it only shrinks the rescaling, so any value >= 0 keeps the layer 1-Lipschitz.
+AOL_EPSILON = 1e-6
+# SLL's guard against an all-zero Gram row (a dead inner unit); in the denominator only, where it
+# only shrinks t.
+SLL_TINY = 1e-12
+
+
+def _as_conv_kernel(kernel: Array) -> Array:
+    """A dense kernel (in, out) as the HWIO kernel of the equal 1×1 conv; a conv kernel as is."""
+    return kernel.reshape((1, 1, *kernel.shape)) if kernel.ndim == 2 else kernel
+
+
+def gram_kernel(kernel: Array) -> Array:
+    """The blocks G_Δ = sum_p K_p K_{p+Δ}^T of C^T C, C the stride-1 conv with ``kernel`` on the
+    whole plane; shape (2k_h - 1, 2k_w - 1, C_in, C_in), offset Δ at index Δ + (k - 1).
+
+    ``kernel`` is HWIO (K_p the C_in×C_out tap at offset p) or a dense (in, out) kernel, a 1×1
+    conv (then G = K K^T). With (C x)[i] = sum_p K_p^T x[i + p] and (C^T z)[l] = sum_p K_p z[l - p],
+    (C^T C x)[l] = sum_Δ G_Δ x[l + Δ]: C^T C is block Toeplitz with these blocks, the same in
+    every block row. Computed as one correlation of the kernel with itself (input channels as the
+    batch, zero padding k - 1 so every overlapping offset is counted), at full precision.
+    """
+    kernel = _as_conv_kernel(kernel)
+    k_h, k_w = kernel.shape[:2]
+    # image[i, a, b, o] = K[a, b, i, o]; filter[p, o, j] = K[p, j, o]; the correlation gives
+    # out[i, y, j] = sum_p K[y + p - (k - 1)]_i · K[p]_j = (G_{(k-1) - y})_{ij}.
+    out = jax.lax.conv_general_dilated(
+        jnp.transpose(kernel, (2, 0, 1, 3)), jnp.transpose(kernel, (0, 1, 3, 2)), (1, 1),
+        ((k_h - 1, k_h - 1), (k_w - 1, k_w - 1)), dimension_numbers=_CONV_DIMS,
+        precision=jax.lax.Precision.HIGHEST)
+    return jnp.transpose(out, (1, 2, 0, 3))[::-1, ::-1]
+
+
+def gram_row_sums(kernel: Array) -> Array:
+    """r_i = sum_Δ sum_j |(G_Δ)_ij| (``gram_kernel``): the absolute row sums of C^T C at input
+    channel i, the same at every position. G_{-Δ} = G_Δ^T, so summing over all Δ makes rows and
+    columns alike."""
+    return jnp.sum(jnp.abs(gram_kernel(kernel)), axis=(0, 1, 3))
+
+
+def aol_scale(kernel: Array, epsilon: float = AOL_EPSILON) -> Array:
+    """AOL's per-input-channel rescaling d_i = (r_i + eps)^(-1/2), r = ``gram_row_sums``.
+
+    Why C·diag(d) is 1-Lipschitz (the Schur test; Gershgorin on diag(r) - C^T C): M = C^T C is
+    symmetric, so for every x
+        x^T M x <= sum_ab |M_ab|·|x_a|·|x_b| <= sum_ab |M_ab|·(x_a² + x_b²)/2 = sum_a r_a x_a²,
+    i.e. M <= diag(r) (Loewner order; r_a is r_i for a = (position, channel i), as the block rows
+    are alike). With D = diag(d) repeated over positions, |C D|² = λ_max(D M D) and
+    D M D <= D diag(r) D = diag(r/(r + eps)) <= I, so |C D|_2 <= 1. For a dense kernel C is
+    the matrix itself. For a conv on a finite input with zero padding and any stride the layer is
+    x -> S R C E D x (E: zero extension to the plane, an isometry that commutes with D; R: the
+    restriction to the computed outputs; S: keeping every s-th one), so its norm is at most
+    |S|·|R|·|C D|·|E| <= 1. Equality holds for orthogonal columns (and for the identity conv).
+    """
+    return jax.lax.rsqrt(gram_row_sums(kernel) + epsilon)
+
+
+def aol_kernel(kernel: Array, epsilon: float = AOL_EPSILON) -> Array:
+    """The kernel AOL applies: ``kernel`` with input channel i scaled by d_i (``aol_scale``); the
+    same for a dense (in, out) and an HWIO kernel. Its norm is <= 1 for every ``kernel``."""
+    return kernel * aol_scale(kernel, epsilon)[:, None]
+
+
+def sll_scale(kernel: Array, q_raw: Array, tiny: float = SLL_TINY) -> Array:
+    """SLL's per-inner-unit factor t_j = q_j / (sum_k R_jk q_k + tiny), q = exp(q_raw - max q_raw).
+
+    ``kernel`` maps the features to the inner units (dense (n, m) or HWIO (k, k, n, m)); A is that
+    map, R_jk = sum_Δ |(H_Δ)_jk| with H the blocks of A A^T on the plane (``gram_kernel`` of the
+    kernel with its channel axes swapped: H_Δ = sum_p K_p^T K_{p+Δ}). Why |diag(√t) A|_2 <= 1
+    (the weighted Schur test, Araujo et al.'s condition T - A A^T >= 0 with T = diag(1/t)): for
+    N = A A^T and any x, with q_a > 0 the weight of a's unit,
+        x^T N x <= sum_ab |N_ab|·|x_a|·|x_b| <= sum_ab |N_ab|·(x_a² q_b/q_a + x_b² q_a/q_b)/2
+                 = sum_a x_a² (R q)_a / q_a,
+    so N <= diag((R q)/q) <= diag(1/t) and diag(√t) N diag(√t) <= I. Zero padding and strides make
+    A a compression S R C E of the plane conv C, and S R commutes with diag(√t), so
+    |diag(√t) A|² <= |diag(√t) C C^T diag(√t)| <= 1. A unit whose q underflows to 0 gets t = 0
+    and drops out; the rest keep positive weights and the argument applies to them. T depends on
+    q only through ratios, so subtracting max q_raw changes nothing and keeps exp from overflowing.
+    This is the corrected form: the original had an eps added to q_i on one side only, which
+    made T too small and the layer not 1-Lipschitz.
+    """
+    swapped = jnp.swapaxes(_as_conv_kernel(kernel), 2, 3)
+    weights = jnp.exp(q_raw - jax.lax.stop_gradient(jnp.max(q_raw)))
+    row_sums = jnp.sum(jnp.abs(gram_kernel(swapped)), axis=(0, 1))
+    return weights / (jnp.dot(row_sums, weights, precision=jax.lax.Precision.HIGHEST) + tiny)
+
+
+def conv_with_adjoint(x: Array, kernel: Array, strides: tuple[int, int],
+                      pads: tuple[tuple[int, int], tuple[int, int]]
+                      ) -> tuple[Array, Callable[[Array], Array]]:
+    """``A x`` for the bias-free zero-padded conv A (``conv``) and A^T as a function.
+
+    A^T is the transpose of the same linear map (``jax.vjp``), so <A x, y> = <x, A^T y> exactly
+    in exact arithmetic, whatever the stride and padding: what SLL's 1-Lipschitz proof needs.
+    """
+    image, pullback = jax.vjp(lambda z: conv(z, kernel, strides, pads), x)
+    return image, lambda y: pullback(y)[0]
+
+
+def _in_both_precisions(fn: Callable[..., tuple[Array, ...]], *arrays: Any
+                        ) -> list[tuple[np.ndarray, ...]]:
+    """``fn`` of concrete ``arrays`` computed in float32 and in float64, as float64 numpy arrays.
+
+    A layer whose operator is recomputed from its parameters applies the float32 result in a
+    float32 network and the float64 one where ``certify`` evaluates logits in float64; a sound
+    bound is the larger of the two operators' bounds. (A differently compiled float32 forward pass
+    may round the rescaling differently by a few float32 ulps, ~1e-7 relative, inside
+    ``SOUND_SLACK``.)
+    """
+    concrete = [require_concrete(a, 'a 1-Lipschitz layer') for a in arrays]
+    results = [tuple(np.asarray(out, np.float64)
+                     for out in fn(*(jnp.asarray(a, jnp.float32) for a in concrete)))]
+    with jax.enable_x64(True):
+        results.append(tuple(np.asarray(out, np.float64)
+                             for out in fn(*(jnp.asarray(a, jnp.float64) for a in concrete))))
+    return results
+
+
+def aol_upper_bound(kernel: Array, input_shape: Sequence[int] | None = None,
+                    stride: int | Sequence[int] = 1, padding: ConvPadding = 'SAME',
+                    epsilon: float = AOL_EPSILON) -> float:
+    """Guaranteed upper bound on the norm of an AOL layer with raw parameter ``kernel``.
+
+    Not the constant 1 of ``aol_scale``'s proof: the exact norm of the rescaled kernel as the
+    float32 and the float64 forward passes compute it (``aol_kernel``), in float64: a dense
+    (in, out) kernel's by SVD (``dense_upper_bound``), a conv's on ``input_shape`` with its stride
+    and zero padding by the circular embedding (``conv_upper_bound``, sound for zero padding as
+    its grid holds the padded input). It is <= 1 + 1e-6 unless rounding broke the construction,
+    and then it says so.
+    """
+    kernels = [k for (k,) in _in_both_precisions(lambda k: (aol_kernel(k, epsilon),), kernel)]
+    if np.ndim(kernels[0]) == 2:
+        return max(dense_upper_bound(k) for k in kernels)
+    return max(conv_upper_bound(k, input_shape, stride, padding) for k in kernels)
+
+
+def sll_residual_bound(inner_norm: float) -> float:
+    """Bound max(1, 2β² - 1) on the Jacobians of x -> x - 2 A^T(t ⊙ relu(A x + b)), given
+    β >= |diag(√t) A|_2.
+
+    The map is piecewise affine and continuous, so its Lipschitz constant is the largest norm of
+    its Jacobians J = I - 2 A^T diag(t) S A, S = diag(relu') with entries in {0, 1} (in [0, 1]
+    for any slope-in-[0, 1] activation). Diagonal matrices commute, so with B = diag(√t) A,
+    J = I - 2 B^T S B: symmetric, and 0 <= B^T S B <= B^T B <= β² I, so J's eigenvalues lie in
+    [1 - 2β², 1] and |J|_2 <= max(1, 2β² - 1). When t meets the SLL condition (``sll_scale``)
+    β <= 1 and the bound is 1; a β above 1 (rounding) gives a larger but still sound bound.
+    Increasing in β, so an upper bound on β gives an upper bound here.
+    """
+    return max(1.0, 2.0 * inner_norm * inner_norm - 1.0)
+
+
+def sll_upper_bound(kernel: Array, q_raw: Array, input_shape: Sequence[int] | None = None,
+                    stride: int | Sequence[int] = 1, padding: ConvPadding = 'SAME',
+                    tiny: float = SLL_TINY) -> float:
+    """Guaranteed upper bound on the Lipschitz constant of an SLL layer (``sll_residual_bound``)
+    from its raw parameters: β = |diag(√t) A|_2 computed in float64 for the t of the float32 and
+    of the float64 forward pass (``sll_scale``), by SVD for a dense (n, m) kernel, by
+    ``conv_upper_bound`` with ``out_scale=√t`` for a conv on ``input_shape`` with its stride and
+    zero padding. Rounded up by ``SOUND_SLACK``, as every sound bound here."""
+    pairs = _in_both_precisions(lambda k, q: (k, sll_scale(k, q, tiny)), kernel, q_raw)
+    if np.ndim(pairs[0][0]) == 2:
+        betas = [dense_upper_bound(scale_kernel(k, out_scale=np.sqrt(t))) for k, t in pairs]
+    else:
+        betas = [conv_upper_bound(k, input_shape, stride, padding, out_scale=np.sqrt(t))
+                 for k, t in pairs]
+    return sll_residual_bound(max(betas)) * (1.0 + SOUND_SLACK)

@@ -43,9 +43,12 @@ def _keep_vector(module: nn.Module, train: bool) -> bool:
 class LipschitzDense(nn.Module):
     """Fully connected layer ``y = x @ kernel + bias`` returning its Lipschitz bound |kernel|_2.
 
-    The training estimate follows ``estimator``: the exact norm for thin layers (smaller side
-    <= ``exact_below``), else a block of ``subspace_size`` vectors or a single one, advanced
-    ``power_iterations`` times per training call.
+    The training estimate follows ``estimator``, with matrix products only: thin layers (smaller
+    side <= ``exact_below``) use their small Gram matrix (``bounds.dense_gram_norm``, no state);
+    others keep a persistent block of ``subspace_size`` vectors (``bounds.dense_block_iteration``)
+    or a single vector (``bounds.dense_power_iteration``), advanced ``power_iterations`` times per
+    training call; ``estimator.rayleigh_ritz`` re-orthonormalises the block instead
+    (``models.refresh_estimates``, once per epoch).
     """
 
     features: int
@@ -61,19 +64,23 @@ class LipschitzDense(nn.Module):
             return y, bounds.dense_upper_bound(kernel)
         estimator, size = self.estimator, min(kernel.shape)
         if size <= estimator.exact_below:
-            return y, bounds.dense_exact_norm(kernel)
+            return y, bounds.dense_gram_norm(kernel)
         block = min(estimator.subspace_size, size)
         if block > 1:
-            basis = self.variable('lipschitz', 'v', lambda: jnp.linalg.qr(jax.random.normal(
+            state = self.variable('lipschitz', 'v', lambda: jnp.linalg.qr(jax.random.normal(
                 self.make_rng('params'), (x.shape[-1], block)))[0])
-            sigma, new = bounds.dense_subspace_iteration(kernel, basis.value,
-                                                         estimator.power_iterations)
+            if estimator.rayleigh_ritz:
+                new = bounds.dense_rayleigh_ritz(kernel, state.value)
+                sigma, _ = bounds.dense_block_iteration(kernel, new)
+            else:
+                sigma, new = bounds.dense_block_iteration(kernel, state.value,
+                                                          estimator.power_iterations)
         else:
-            basis = _power_iteration_vector(self, (x.shape[-1],))
-            sigma, new = bounds.dense_power_iteration(kernel, basis.value,
+            state = _power_iteration_vector(self, (x.shape[-1],))
+            sigma, new = bounds.dense_power_iteration(kernel, state.value,
                                                       estimator.power_iterations)
         if _keep_vector(self, train):
-            basis.value = new
+            state.value = new
         return y, sigma
 
 
@@ -185,3 +192,153 @@ class LipschitzBatchNorm(nn.Module):
 def global_average_pool(x: Array, *, sound: bool = False) -> tuple[Array, float]:
     """Mean over the spatial axes of NHWC ``x`` and its Lipschitz constant (``bounds``)."""
     return jnp.mean(x, axis=(1, 2)), bounds.average_pool_bound(x.shape[1], x.shape[2], sound)
+
+
+# ----------------------------------------------------------------------------- 1-Lipschitz layers
+#
+# AOL and SLL layers are 1-Lipschitz by construction (``bounds.aol_scale``, ``bounds.sll_scale``):
+# their training bound is the constant 1 (no power iteration, no ``'lipschitz'`` variables), and
+# their sound bound is the float64 norm of the operator the forward pass applies, <= 1 + 1e-5.
+
+
+def dirac_init(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
+    """The identity conv (HWIO): 1 from input channel i to output channel i < min(C_in, C_out) at
+    the tap ((k_h - 1)//2, (k_w - 1)//2), 0 elsewhere. That tap is the one 'SAME' padding (XLA:
+    the odd pixel at the end) aligns with the output's own pixel, so at stride 1 the conv starts
+    as x -> x on the shared channels. ``key`` is unused (the identity is deterministic)."""
+    del key
+    k_h, k_w, c_in, c_out = shape
+    identity = jnp.eye(c_in, c_out, dtype=dtype)
+    return jnp.zeros(shape, dtype).at[(k_h - 1) // 2, (k_w - 1) // 2].set(identity)
+
+
+def _symmetric_uniform(limit: float) -> nn.initializers.Initializer:
+    """Uniform in [-limit, limit] (SLL's bias initialisation, limit 1/sqrt(fan_in))."""
+    def init(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
+        return jax.random.uniform(key, shape, dtype, -limit, limit)
+    return init
+
+
+class AOLDense(nn.Module):
+    """Almost-orthogonal dense layer (Prach & Lampert, 2022): ``y = x @ (diag(d)·kernel) + bias``
+    with d recomputed from ``kernel`` on every call (``bounds.aol_scale``), so |diag(d)·kernel|_2
+    <= 1 whatever the parameters; orthogonal initialisation (then diag(d)·kernel is orthogonal up
+    to eps). Bound: 1 in training, ``bounds.aol_upper_bound`` (float64 SVD of the rescaled
+    kernel) when ``sound``."""
+
+    features: int
+    kernel_init: Any = nn.initializers.orthogonal()
+    epsilon: float = bounds.AOL_EPSILON
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False, sound: bool = False):
+        kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features))
+        bias = self.param('bias', nn.initializers.zeros, (self.features,))
+        y = x @ bounds.aol_kernel(kernel, self.epsilon).astype(x.dtype) + bias.astype(x.dtype)
+        if sound:
+            return y, bounds.aol_upper_bound(kernel, epsilon=self.epsilon)
+        return y, 1.0
+
+
+class AOLConv(nn.Module):
+    """Almost-orthogonal conv (NHWC, HWIO kernel): the kernel with input channel i scaled by
+    d_i = (sum_Δ sum_j |G_Δ|_ij + eps)^(-1/2), G the Gram kernel of C^T C on the plane
+    (``bounds.aol_scale``), recomputed on every call; then an ordinary zero-padded conv.
+
+    The references use stride 1 and 'SAME' zero padding; any stride and padding is 1-Lipschitz
+    too (the layer is a compression of the plane conv, see ``bounds.aol_scale``), and the sound
+    bound (``bounds.aol_upper_bound`` on the input's spatial shape) covers each case exactly as
+    it is computed. ``kernel_init`` None: the identity (``dirac_init``) for k×k kernels, as
+    AOL's IdentityCenterInitializer and 1LipschitzLayersCompared's Dirac init, and orthogonal for
+    1×1. Bound: 1 in training.
+    """
+
+    features: int
+    kernel_size: int | tuple[int, int] = 3
+    strides: int | tuple[int, int] = 1
+    padding: bounds.ConvPadding = 'SAME'
+    use_bias: bool = True
+    kernel_init: Any = None
+    epsilon: float = bounds.AOL_EPSILON
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False, sound: bool = False):
+        kernel_hw = bounds.pair(self.kernel_size, 'kernel_size')
+        strides = bounds.pair(self.strides, 'strides')
+        pads = bounds.conv_padding(self.padding, x.shape[1:3], kernel_hw, strides)
+        init = self.kernel_init or (nn.initializers.orthogonal() if kernel_hw == (1, 1)
+                                    else dirac_init)
+        kernel = self.param('kernel', init, (*kernel_hw, x.shape[-1], self.features))
+        y = bounds.conv(x, bounds.aol_kernel(kernel, self.epsilon).astype(x.dtype), strides, pads)
+        if self.use_bias:
+            y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(x.dtype)
+        if sound:
+            return y, bounds.aol_upper_bound(kernel, x.shape, strides, pads, self.epsilon)
+        return y, 1.0
+
+
+class SLLDense(nn.Module):
+    """SDP-based Lipschitz layer (Araujo et al., 2023), corrected form, on features x (n,):
+    ``y = x - 2·W diag(t) relu(W^T x + b)`` with W = ``kernel`` (n, inner) and t recomputed from
+    W and the weights ``q`` on every call (``bounds.sll_scale``). 1-Lipschitz for every
+    parameter value (``bounds.sll_residual_bound``); ReLU inside is what the proof needs.
+
+    Initialisation as the reference code: Glorot normal W, bias uniform in ±1/sqrt(n), q_raw
+    standard normal. ``inner`` None: n. Bound: 1 in training, ``bounds.sll_upper_bound`` when
+    ``sound``.
+    """
+
+    inner: int | None = None
+    kernel_init: Any = nn.initializers.glorot_normal()
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False, sound: bool = False):
+        features = x.shape[-1]
+        inner = self.inner or features
+        kernel = self.param('kernel', self.kernel_init, (features, inner))
+        bias = self.param('bias', _symmetric_uniform(features ** -0.5), (inner,))
+        q_raw = self.param('q', nn.initializers.normal(1.0), (inner,))
+        t = bounds.sll_scale(kernel, q_raw).astype(x.dtype)
+        w = kernel.astype(x.dtype)
+        y = x - 2.0 * (t * nn.relu(x @ w + bias.astype(x.dtype))) @ w.T
+        if sound:
+            return y, bounds.sll_upper_bound(kernel, q_raw)
+        return y, 1.0
+
+
+class SLLConv(nn.Module):
+    """SLL conv layer, corrected form: ``y = x - 2·A^T(t ⊙ relu(A x + b))``, A the bias-free
+    zero-padded conv from the C input channels to ``inner`` channels and A^T its exact adjoint
+    (``bounds.conv_with_adjoint``), t per inner channel from the Gram kernel of A A^T
+    (``bounds.sll_scale``), recomputed on every call. y has x's shape for every stride and
+    padding (A^T maps back), and the layer is 1-Lipschitz for all of them (``bounds.sll_scale``
+    covers compressions of the plane conv); the references use stride 1, 'SAME'.
+
+    Initialisation as the reference code: Glorot normal kernel, bias uniform in
+    ±1/sqrt(k_h·k_w·C), q_raw standard normal. ``inner`` None: C. Bound: 1 in training,
+    ``bounds.sll_upper_bound`` on the input's spatial shape when ``sound``.
+    """
+
+    inner: int | None = None
+    kernel_size: int | tuple[int, int] = 3
+    strides: int | tuple[int, int] = 1
+    padding: bounds.ConvPadding = 'SAME'
+    kernel_init: Any = nn.initializers.glorot_normal()
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False, sound: bool = False):
+        channels = x.shape[-1]
+        inner = self.inner or channels
+        kernel_hw = bounds.pair(self.kernel_size, 'kernel_size')
+        strides = bounds.pair(self.strides, 'strides')
+        pads = bounds.conv_padding(self.padding, x.shape[1:3], kernel_hw, strides)
+        fan_in = kernel_hw[0] * kernel_hw[1] * channels
+        kernel = self.param('kernel', self.kernel_init, (*kernel_hw, channels, inner))
+        bias = self.param('bias', _symmetric_uniform(fan_in ** -0.5), (inner,))
+        q_raw = self.param('q', nn.initializers.normal(1.0), (inner,))
+        t = bounds.sll_scale(kernel, q_raw).astype(x.dtype)
+        image, adjoint = bounds.conv_with_adjoint(x, kernel.astype(x.dtype), strides, pads)
+        y = x - 2.0 * adjoint(t * nn.relu(image + bias.astype(x.dtype)))
+        if sound:
+            return y, bounds.sll_upper_bound(kernel, q_raw, x.shape, strides, pads)
+        return y, 1.0

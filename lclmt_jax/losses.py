@@ -8,7 +8,8 @@ f_t to beat every other f_j by the *required gap* R_j = eps·K_tj that certifies
 
 * ``global``: K_tj = sqrt(2)·L for every pair -- the papers' methods (``lmt``, ``lc_lmt``);
 * ``pairwise``: K_tj = |w_t - w_j|·L_body, the tighter constants of the pairwise certificate
-  (``lmt_pairwise``, ``lc_lmt_pairwise``, and GloRo's ``gloro``, Leino et al. 2021).
+  (``lmt_pairwise``, ``lc_lmt_pairwise``, GloRo's ``gloro``, Leino et al. 2021, and LiResNet's
+  ``emma``, Hu et al. 2023).
 
 The training metrics (margin, required margin, ``bound_met``) check the condition the method
 trains for: f_t - f_v >= R_v for the binding class v (``margins.binding_margin``).
@@ -84,6 +85,24 @@ def append_bottom_logit(logits: Array, labels: Array, gaps: Array) -> Array:
     return jnp.concatenate([logits, bottom], axis=-1)
 
 
+def inflate_by_achieved_margin(logits: Array, labels: Array, gaps: Array) -> Array:
+    """EMMA (Hu et al., 2023, LiResNet's per-class adaptive margin): f_j + e_j·R_j with
+    e_j = stop_gradient(clip((f_t - f_j)/max(R_j, tiny), 0.01, 1)); the true logit unchanged.
+
+    e_j·eps is the part of the radius eps that the point already reaches against class j (its
+    margin over R_j/eps = K_tj), capped at eps and floored at 0.01·eps: each rival is pushed by
+    the distance already won instead of the full gap, which keeps the loss from fighting
+    classes that are hopeless at this radius. Only the scale e is stop-gradiented; R_j keeps its
+    gradient through the bounds and the head. Misclassified rivals (f_j >= f_t) get the floor.
+    """
+    true_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+    tiny = jnp.finfo(gaps.dtype).tiny
+    scale = jax.lax.stop_gradient(jnp.clip((true_logit - logits) / jnp.maximum(gaps, tiny),
+                                           0.01, 1.0))
+    is_true = margins.true_class_mask(labels, logits.shape[-1])
+    return logits + jnp.where(is_true, 0.0, scale * gaps)
+
+
 # plain inflates nothing; its certificate only decides which margin its metrics report.
 METHODS.register('plain', Method(no_inflation, 'global', 'plain'))
 METHODS.register('lmt', Method(inflate_every_rival, 'global', 'LMT'))
@@ -91,6 +110,13 @@ METHODS.register('lc_lmt', Method(inflate_binding_rival, 'global', 'LC-LMT'))
 METHODS.register('lmt_pairwise', Method(inflate_every_rival, 'pairwise', 'LMT-pw'))
 METHODS.register('lc_lmt_pairwise', Method(inflate_binding_rival, 'pairwise', 'LC-LMT-pw'))
 METHODS.register('gloro', Method(append_bottom_logit, 'pairwise', 'GloRo'))
+METHODS.register('emma', Method(inflate_by_achieved_margin, 'pairwise', 'EMMA'))
+
+
+def trains_for_margin(method: Method) -> bool:
+    """Whether the method asks for a margin at all (plain training does not): tables and figures
+    show no epsilon or required margin for those that do not."""
+    return method.inflate is not no_inflation
 
 
 def required_gaps(method: Method, output: ModelOutput, labels: Array,

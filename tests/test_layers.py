@@ -173,5 +173,5 @@ def test_dense_estimators_keep_their_state_and_stay_below_the_sound_bound():
         (_, sigma), state = dense.apply(variables, x, train=True, mutable=['lipschitz'])
         _, sound = dense.apply(variables, x, sound=True)
         assert float(sigma) <= sound
-        if state_shape is None:  # the exact norm: equal to the float64 norm up to float32
+        if state_shape is None:  # a thin layer's Gram norm: exact up to float32
             np.testing.assert_allclose(float(sigma), sound, rtol=1e-5)

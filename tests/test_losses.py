@@ -138,3 +138,27 @@ def test_every_method_trains_for_a_registered_certificate_and_has_a_paper_recipe
         # the paper recipe of LMT and LC-LMT is their global form
         assert losses.METHODS.get(paper).inflate is method.inflate
     assert configs.PAPER_METHODS['gloro'] == 'gloro'  # GloRo was published pairwise
+
+
+def test_emma_raises_each_rival_by_the_share_of_its_gap_already_won():
+    """e_j = clip((f_t - f_j)/R_j, 0.01, 1), stop-gradiented; f_j + e_j·R_j; f_t unchanged."""
+    logits = jnp.array([[3.0, 1.0, 2.0, -1.0], [0.0, 5.0, 5.0, 1.0]])
+    labels = jnp.array([0, 0])
+    gaps = jnp.array([[0.0, 4.0, 0.5, 2.0], [0.0, 1.0, 1.0, 1.0]])
+    emma = _method('emma')
+    assert emma.certificate == 'pairwise' and configs.PAPER_METHODS['emma'] == 'emma'
+    out = emma.inflate(logits, labels, gaps)
+    # row 0: won 2/4 of class 1's gap (e = 0.5), more than the whole gap of classes 2 and 3
+    # (e = 1); row 1 is misclassified: every rival gets the floor e = 0.01
+    chex.assert_trees_all_close(out, jnp.array([[3.0, 3.0, 2.5, 1.0],
+                                                [0.0, 5.01, 5.01, 1.01]]))
+    # the scale e carries no gradient: d out/d logits = I, d out/d gaps = diag(e) off the label
+    d_logits = jax.jacobian(lambda z: emma.inflate(z, labels, gaps))(logits)
+    chex.assert_trees_all_close(d_logits, jnp.einsum('ij,nk->injk', jnp.eye(2), jnp.eye(4)))
+    d_gaps = jax.jacobian(lambda g: emma.inflate(logits, labels, g)[0])(gaps)[:, 0]
+    chex.assert_trees_all_close(d_gaps, jnp.diag(jnp.array([0.0, 0.5, 1.0, 1.0])))
+    # zero gaps (epsilon ramped to 0): logits unchanged, nothing non-finite
+    zero = emma.inflate(logits, labels, jnp.zeros_like(gaps))
+    chex.assert_trees_all_equal(zero, logits)
+    loss = losses.method_loss(emma, _output(), LABELS, 0.5)
+    assert np.isfinite(float(loss)) and float(loss) > 0

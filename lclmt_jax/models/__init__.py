@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from lclmt_jax import bounds
 from lclmt_jax.layers import LipschitzDense
@@ -76,13 +77,46 @@ def dense_stack(h: Array, widths: Sequence[int], activation: Any, body_lipschitz
     return h, body_lipschitz
 
 
+class NormalizedHead(nn.Module):
+    """Last-layer normalisation (LLN; Singla et al., 2022): ``y = h @ W^ + bias`` with every
+    class column w^_c = w_c/|w_c| of unit L2 norm. Returns ``(y, W^, bound)``.
+
+    W^ is computed in the dtype of the forward pass (float32 in training, float64 in the
+    certifying forward pass of ``certify.logits_float64``); with ``sound=True`` it is the float64
+    normalisation of the concrete kernel on the host, i.e. the weights that float64 forward pass
+    applies, so the pairwise constants |w^_t - w^_j|·L_body describe the logits being certified.
+    bound = |W^|_2: exact (``dense_exact_norm``, the class count is the small side) in training,
+    ``dense_upper_bound`` when sound.
+    """
+
+    features: int
+    kernel_init: Any = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: Array, *, sound: bool = False):
+        kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features))
+        bias = self.param('bias', nn.initializers.zeros, (self.features,))
+        if sound:
+            matrix = bounds.require_concrete(kernel, 'a normalised head')
+            unit = matrix / np.linalg.norm(matrix, axis=0, keepdims=True)
+            return x @ jnp.asarray(unit, x.dtype) + bias, unit, bounds.dense_upper_bound(unit)
+        unit = kernel / jnp.linalg.norm(kernel, axis=0, keepdims=True)
+        return x @ unit.astype(x.dtype) + bias, unit, bounds.dense_exact_norm(unit)
+
+
 def lipschitz_head(h: Array, body_lipschitz: Any, num_classes: int, *, train: bool,
                    sound: bool, estimator: bounds.Estimator = bounds.ONE_VECTOR,
-                   kernel_init: Any = nn.initializers.lecun_normal()) -> ModelOutput:
+                   kernel_init: Any = nn.initializers.lecun_normal(),
+                   normalize: bool = False) -> ModelOutput:
     """The dense ``'head'`` on the body's features ``h``, and the whole network's output.
 
-    Call it last inside a model's ``@nn.compact __call__``.
+    ``normalize=True``: a ``NormalizedHead`` (LLN), whose unit-norm columns are the head kernel
+    the output carries. Call it last inside a model's ``@nn.compact __call__``.
     """
+    if normalize:
+        logits, unit, head_bound = NormalizedHead(num_classes, kernel_init, name='head')(
+            h, sound=sound)
+        return ModelOutput(logits, body_lipschitz * head_bound, body_lipschitz, unit)
     head = LipschitzDense(num_classes, kernel_init, estimator, name='head')
     logits, head_bound = head(h, train=train, sound=sound)
     return ModelOutput(logits, body_lipschitz * head_bound, body_lipschitz,
@@ -105,8 +139,9 @@ def model_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def estimator(config: ml_collections.ConfigDict) -> bounds.Estimator:
     """The training estimator of ``config.bound``."""
-    return bounds.Estimator(**{name: int(config.bound[name])
-                               for name in bounds.Estimator._fields})
+    return bounds.Estimator(power_iterations=config.bound.power_iterations,
+                            subspace_size=config.bound.subspace_size,
+                            exact_below=config.bound.exact_below)
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
@@ -126,14 +161,22 @@ def init_variables(model: nn.Module, rng: Array, input_shape: Sequence[int]) -> 
     return jax.jit(model.init)({'params': rng}, jnp.zeros((1, *input_shape), jnp.float32))
 
 
-def reconverge_estimates(model: nn.Module, variables: Any, images: Array, steps: int) -> dict:
-    """The ``'lipschitz'`` collection with every power-iteration vector advanced ``steps`` times.
+def keeps_blocks(variables: Any) -> bool:
+    """Whether some layer of the network keeps a block of power-iteration vectors (2-D)."""
+    return any(leaf.ndim == 2 for leaf in jax.tree.leaves(variables.get('lipschitz', {})))
+
+
+def refresh_estimates(model: nn.Module, variables: Any, images: Array, steps: int) -> dict:
+    """The ``'lipschitz'`` collection refreshed, as at the start of each epoch: every dense block
+    re-orthonormalised by one Rayleigh-Ritz step (``bounds.dense_rayleigh_ritz``), every single
+    vector (dense or conv) advanced ``max(steps, 1)`` power iterations.
 
     Runs the network in train mode on ``images`` (float, a fixed batch: the BN statistics of
     folded conv bounds are those of a training batch) without touching the BN running averages.
-    At the start of an epoch it lets the training estimate catch up with weights that moved
-    faster than one iteration per step could follow.
+    It lets the training estimate catch up with weights that moved faster than the per-step
+    iterations could follow, and keeps each block a basis of its layer's top singular subspace.
     """
-    converger = model.clone(estimator=model.estimator._replace(power_iterations=steps))
-    _, updated = converger.apply(variables, images, train=True, mutable=['lipschitz'])
+    refresher = model.clone(estimator=model.estimator._replace(
+        power_iterations=max(steps, 1), rayleigh_ritz=True))
+    _, updated = refresher.apply(variables, images, train=True, mutable=['lipschitz'])
     return updated['lipschitz']
