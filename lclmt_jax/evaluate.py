@@ -69,7 +69,9 @@ def evaluate_run(workdir: str, max_examples: int | None = None,
     dataset = data.load_dataset(config.data)
     count = len(dataset.test_labels) if max_examples is None else max_examples
     images = np.asarray(data.to_float(jnp.asarray(dataset.test_images[:count])))
-    labels = dataset.test_labels[:count].astype(np.int32)
+    images = restored.check_images(images, f'{config.data.source} test images')
+    labels = restored.check_labels(dataset.test_labels[:count].astype(np.int32), len(images),
+                                   f'{config.data.source} test labels')
     context = Context(restored, images, labels)
     if attack_examples is not None:
         context.config = ml_collections.ConfigDict(config.to_dict())
@@ -141,7 +143,7 @@ def compare_runs(workdirs: Sequence[str], outdir: str) -> list[dict]:
     (``comparison.csv``/``.json``/``.md``) has the training summary and every evaluator scalar.
     """
     os.makedirs(outdir, exist_ok=True)
-    histories, curves, table = {}, {}, []
+    histories, curves, table, untrained = {}, {}, [], []
     for workdir in workdirs:
         config = run_files.load_config(workdir)
         label = run_label(config)
@@ -149,8 +151,13 @@ def compare_runs(workdirs: Sequence[str], outdir: str) -> list[dict]:
             label = f'{label} [{os.path.basename(os.path.normpath(workdir))}]'
         records = run_files.read_metrics(workdir)
         histories[label] = records
+        margin = losses.trains_for_margin(losses.METHODS.get(config.method))
+        if not margin:  # plain training: no radius, no required margin to meet
+            untrained.append(label)
+            records = [{key: value for key, value in record.items()
+                        if 'required_margin' not in key} for record in records]
         row = {'run': label, 'workdir': os.path.abspath(workdir), 'method': config.method,
-               'epsilon': config.epsilon, 'epochs': len(records),
+               'epsilon': config.epsilon if margin else None, 'epochs': len(records),
                'train_accuracy': records[-1]['train_accuracy'] if records else None,
                'test_accuracy': records[-1]['test_accuracy'] if records else None,
                'train_accuracy_inflated': records[-1].get('train_accuracy_inflated')
@@ -161,8 +168,7 @@ def compare_runs(workdirs: Sequence[str], outdir: str) -> list[dict]:
                'train_seconds': sum(r.get('epoch_seconds', 0.0) for r in records)}
         summary_path = os.path.join(workdir, EVALUATION_DIR, 'evaluation.json')
         if os.path.exists(summary_path):
-            with open(summary_path) as f:
-                summary = json.load(f)
+            summary = run_files.read_json(summary_path)
             row.update({key: value for key, value in summary.items()
                         if isinstance(value, (int, float)) and key != 'epoch'})
             columns = read_curves(workdir)
@@ -170,7 +176,7 @@ def compare_runs(workdirs: Sequence[str], outdir: str) -> list[dict]:
                 if name != 'radius':
                     curves.setdefault(name, {})[label] = (columns['radius'], values)
         table.append(row)
-    plots.plot_margins(histories, os.path.join(outdir, 'fig1a_margins.png'))
+    plots.plot_margins(histories, os.path.join(outdir, 'fig1a_margins.png'), untrained)
     plots.plot_loss(histories, os.path.join(outdir, 'fig1b_loss.png'))
     for name, runs in curves.items():
         plots.plot_curve_overlay(runs, name, os.path.join(outdir, f'fig2_{name}.png'))

@@ -40,35 +40,65 @@ def first_epoch_meeting_bound(records: Records, reading: str = 'mean') -> int | 
 
 def _save(fig, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches='tight')
     plt.close(fig)
     return path
 
 
-def plot_margins(runs: Mapping[str, Records], path: str) -> str:
-    """Fig. 1a: mean margin (solid) and mean required margin (dashed) per epoch, runs overlaid.
+def _legend_outside(ax, count: int) -> None:
+    """A legend to the right of the axes, in as many columns as keep it readable, so that no
+    curve is hidden under it however many runs are overlaid."""
+    ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+              ncol=1 + count // 12)
+
+
+def _scale_for(ax, values: Sequence[float]) -> None:
+    """A log y-axis when the positive values span more than two orders of magnitude."""
+    values = np.asarray([v for v in values if np.isfinite(v)], np.float64)
+    if values.size and values.min() > 0 and values.max() / values.min() > 100:
+        ax.set_yscale('log')
+
+
+def plot_margins(runs: Mapping[str, Records], path: str,
+                 untrained_margin: Sequence[str] = ()) -> str:
+    """Fig. 1a as small multiples: per run, the mean margin (solid) and the mean required margin
+    (dashed) per epoch, each run on its own axes so that no run's scale squashes another's.
 
     Training-set means over each epoch's steps, with L the training-time estimate; the required
-    margin is the run's method's: sqrt(2)·L·eps (global) or eps·K_tv (pairwise).
+    margin is the run's method's: sqrt(2)·L·eps (global) or eps·K_tv (pairwise). Runs named in
+    ``untrained_margin`` (plain training) show only their margin: they train for none.
     """
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for index, (label, records) in enumerate(runs.items()):
-        color = f'C{index}'
+    columns = min(4, max(1, len(runs)))
+    rows = -(-len(runs) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.5 * rows), sharex=True,
+                             squeeze=False)
+    for ax, (label, records) in zip(axes.flat, runs.items(), strict=False):
         epochs = [r['epoch'] for r in records]
-        ax.plot(epochs, [r['train_margin'] for r in records], color=color, label=f'{label} margin')
-        ax.plot(epochs, [r['train_required_margin'] for r in records], color=color,
-                linestyle='--', label=f'{label} required margin')
-    ax.set_xlabel('epoch')
-    ax.set_ylabel('mean over training batches')
-    ax.set_title('Margin vs required margin')
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+        margin = [r['train_margin'] for r in records]
+        ax.plot(epochs, margin, color='C0', label='margin')
+        shown = list(margin)
+        if label not in untrained_margin:
+            required = [r['train_required_margin'] for r in records]
+            ax.plot(epochs, required, color='C3', linestyle='--', label='required margin')
+            shown += required
+        _scale_for(ax, shown)
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(runs):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel('epoch')
+    for ax in axes[:, 0]:
+        ax.set_ylabel('mean over training batches', fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='lower center', ncol=2, fontsize=8,
+               bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout()
     return _save(fig, path)
 
 
 def plot_loss(runs: Mapping[str, Records], path: str) -> str:
-    """Fig. 1b: training loss (on inflated logits) per epoch, runs overlaid."""
+    """Fig. 1b: training loss (on inflated logits) per epoch, runs overlaid, legend outside."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, records in runs.items():
         ax.plot([r['epoch'] for r in records], [r['train_loss'] for r in records], label=label)
@@ -76,8 +106,8 @@ def plot_loss(runs: Mapping[str, Records], path: str) -> str:
     ax.set_ylabel('training loss')
     ax.set_yscale('log')
     ax.set_title('Training loss')
-    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    _legend_outside(ax, len(runs))
     return _save(fig, path)
 
 
@@ -91,8 +121,8 @@ def plot_curve_overlay(runs: Mapping[str, tuple[np.ndarray, np.ndarray]], name: 
     ax.set_ylabel('accuracy under CW-L2 attack' if name == 'attack' else f'accuracy ({name})')
     ax.set_ylim(0, 1.02)
     ax.set_title('Accuracy vs perturbation size')
-    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    _legend_outside(ax, len(runs))
     return _save(fig, path)
 
 
@@ -114,6 +144,6 @@ def plot_accuracy_curves(radii: np.ndarray, curves: Mapping[str, tuple[np.ndarra
     ax.set_ylabel('accuracy')
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
-    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    _legend_outside(ax, len(curves) + 1)
     return _save(fig, path)

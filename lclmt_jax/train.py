@@ -11,6 +11,7 @@ and a resumed run ends where an uninterrupted one does.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -24,6 +25,7 @@ import optax
 from flax.training import train_state
 
 from lclmt_jax import (
+    augment,
     checkpoints,
     console,
     data,
@@ -32,12 +34,18 @@ from lclmt_jax import (
     metrics,
     models,
     optimizers,
+    recovery,
     run_files,
     validation,
+    workdir_lock,
     writers,
 )
+from lclmt_jax.recovery import NonFiniteLossError, TrainingInterrupted
 
 Array = jax.Array
+__all__ = ['NonFiniteLossError', 'TrainingInterrupted', 'Trainer', 'TrainState',
+           'create_train_state', 'create_trainer', 'make_eval_step', 'make_refresh',
+           'make_train_step', 'train_and_evaluate']
 
 
 class TrainState(train_state.TrainState):
@@ -47,10 +55,6 @@ class TrainState(train_state.TrainState):
     """
 
     model_state: Any
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or Inf loss; the last good checkpoint is kept."""
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: Array,
@@ -70,13 +74,18 @@ def make_train_step(model: nn.Module, config: ml_collections.ConfigDict,
     metrics use the full epsilon. ``inflated_correct`` is the accuracy of the inflated logits
     at the loss's epsilon: the "training accuracy" of the LMT reference code (its Chainer
     classifier scores the output it trains on), the fraction of points whose margin beats the
-    inflation.
+    inflation. With ``config.augment`` on, the batch is augmented first (``augment.augment``),
+    with the key of (seed, state.step).
     """
     method = losses.METHODS.get(config.method)
     epsilon_at = losses.epsilon_schedule(config, steps_per_epoch)
+    crop_padding, flip = config.augment.crop_padding, config.augment.flip
 
     def train_step(state: TrainState, images: Array, labels: Array):
         epsilon = epsilon_at(state.step)
+        if crop_padding or flip:
+            images = augment.augment(images, augment.step_key(config.seed, state.step),
+                                     crop_padding, flip)
 
         def loss_fn(params):
             output, model_state = model.apply(
@@ -142,26 +151,38 @@ def create_trainer(config: ml_collections.ConfigDict, input_shape: tuple[int, ..
                    losses.epsilon_schedule(config, steps_per_epoch))
 
 
-def make_reconverge(trainer: Trainer, steps: int, images: np.ndarray) -> Callable:
-    """``reconverge(state) -> state`` with the power-iteration vectors advanced ``steps`` times
-    on the uint8 batch ``images`` (``models.reconverge_estimates``); identity when 0."""
-    if not steps:
+def make_refresh(trainer: Trainer, steps: int, images: np.ndarray) -> Callable:
+    """``refresh(state) -> state`` with the training estimates refreshed on the uint8 batch
+    ``images`` (``models.refresh_estimates``: Rayleigh-Ritz for dense blocks, ``steps`` power
+    iterations for single vectors), run at the start of each epoch; the identity when there is
+    nothing to refresh (no block and ``steps`` = 0)."""
+    if not steps and not models.keeps_blocks(trainer.state.model_state):
         return lambda state: state
     batch = input_pipeline.replicate(trainer.mesh, images)
 
-    def reconverge(state: TrainState) -> TrainState:
-        vectors = models.reconverge_estimates(
+    def refresh(state: TrainState) -> TrainState:
+        vectors = models.refresh_estimates(
             trainer.model, {'params': state.params, **state.model_state}, data.to_float(batch),
             steps)
         return state.replace(model_state={**state.model_state, 'lipschitz': vectors})
 
-    return jax.jit(reconverge, out_shardings=input_pipeline.replicated(trainer.mesh),
+    return jax.jit(refresh, out_shardings=input_pipeline.replicated(trainer.mesh),
                    donate_argnums=(0,))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains ``config`` in ``workdir``: metrics per epoch, checkpoints, resume if interrupted."""
+    """Trains ``config`` in ``workdir``: metrics per epoch, checkpoints, resume if interrupted.
+
+    Everything that can be checked is checked before any work: the config, the workdir, the
+    training fields the workdir was trained with (``run_files.check_same_training``), the data.
+    Then the run holds the workdir's lock (``workdir_lock``: one run per workdir) until it ends.
+    Resuming reads the newest good checkpoint (``checkpoints.restore_train_state``): a damaged
+    one is set aside, an intact one saved for another config, data shape or parameter tree is
+    refused with one line and left as it is. A non-finite loss, Ctrl-C and a full disk follow
+    ``lclmt_jax.recovery``; every earlier checkpoint is kept and the same command resumes.
+    """
     validation.validate_config(config)
+    run_files.check_workdir(workdir)
     run_files.check_same_training(workdir, config)
     dataset = data.load_dataset(config.data)
     num_train = len(dataset.train_labels)
@@ -170,50 +191,69 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     steps_per_epoch = num_train // config.batch_size
     input_shape = dataset.train_images.shape[1:]
     trainer = create_trainer(config, input_shape, dataset.num_classes, steps_per_epoch)
-
-    manager = checkpoints.checkpoint_manager(workdir)
-    state, start_epoch = checkpoints.restore_train_state(manager, trainer.state)
-    if start_epoch:
-        console.say(f'resuming from the checkpoint of epoch {start_epoch}', stderr=True)
     config_dict = run_files.config_as_dict(config)
     run_info = {'dataset': dataset.name, 'num_classes': dataset.num_classes,
                 'input_shape': list(input_shape)}
-    run_files.save_json(workdir, run_files.CONFIG_FILE, config_dict)
-    run_files.save_json(workdir, run_files.RUN_INFO_FILE, run_info)
-    run_files.truncate_metrics(workdir, start_epoch)
-    writer = writers.create_writer(workdir, config.num_epochs)
-    report_progress = writers.create_progress(writer, start_epoch)
-    convolves = any(leaf.ndim == 4 for leaf in jax.tree.leaves(state.params))
-    pipeline = input_pipeline.make_pipeline(config, dataset, trainer.mesh, trainer.train_step,
-                                            trainer.eval_step, convolves)
-    reconverge = make_reconverge(trainer, config.bound.reconverge_steps,
-                                 dataset.train_images[:config.batch_size])
-    sound_every = config.bound.sound_every_epochs
 
-    for epoch in range(start_epoch + 1, config.num_epochs + 1):
-        started = time.perf_counter()
-        new_state, train_metrics = pipeline.train_epoch(reconverge(state), epoch)
-        eval_metrics = pipeline.evaluate(new_state)
-        scalars = metrics.epoch_scalars(train_metrics, eval_metrics)
-        bad_step = int(train_metrics.first_non_finite_step.compute())
-        if bad_step >= 0 or not np.isfinite(scalars['train_loss']):
-            raise NonFiniteLossError(
-                f'non-finite loss at epoch {epoch}, step {bad_step + 1} of the epoch; the '
-                f'checkpoint of epoch {manager.latest_step() or 0} is kept')
-        state = new_state
-        scalars['epoch_seconds'] = time.perf_counter() - started
-        # the loss's epsilon at the epoch's end (every epoch runs steps_per_epoch steps)
-        scalars['train_epsilon'] = float(trainer.epsilon_at(epoch * steps_per_epoch))
-        if sound_every and (epoch % sound_every == 0 or epoch == config.num_epochs) \
-                and jax.process_index() == 0:
-            scalars.update(metrics.sound_scalars(
-                trainer.model, {'params': state.params, **state.model_state}, input_shape,
-                scalars['test_lipschitz'], config.epsilon))
-        report_progress(epoch)
-        writer.write_scalars(epoch, scalars)
-        writer.flush()
-        if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
-            checkpoints.save(manager, epoch, state, config_dict, run_info)
-    writer.close()
-    manager.close()
+    def check(epoch, saved_config, saved_run):
+        run_files.check_resumable(workdir, epoch, saved_config, saved_run, config, run_info)
+
+    abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(
+        leaf.shape, leaf.dtype, sharding=leaf.sharding), trainer.state)
+    with workdir_lock.hold(workdir), recovery.translated_failures(workdir, abstract) as progress, \
+            contextlib.ExitStack() as closing:
+        state, start_epoch = checkpoints.restore_train_state(workdir, trainer.state, check)
+        if start_epoch:
+            console.say(f'resuming from the checkpoint of epoch {start_epoch}', stderr=True)
+        run_files.rewrite_metrics(workdir, start_epoch)
+        manager = checkpoints.checkpoint_manager(workdir)
+        writer = writers.create_writer(workdir, config.num_epochs)
+        closing.callback(_quietly, manager.close)  # last: what they flush was flushed each epoch
+        closing.callback(_quietly, writer.close)
+        report_progress = writers.create_progress(writer)
+        convolves = any(leaf.ndim == 4 for leaf in jax.tree.leaves(state.params))
+        pipeline = input_pipeline.make_pipeline(config, dataset, trainer.mesh, trainer.train_step,
+                                                trainer.eval_step, convolves)
+        refresh = make_refresh(trainer, config.bound.reconverge_steps,
+                               dataset.train_images[:config.batch_size])
+        guard = recovery.NonFiniteGuard(workdir, start_epoch, abstract, check)
+        epoch = start_epoch + 1
+        while epoch <= config.num_epochs:
+            progress['epoch'] = epoch
+            started = time.perf_counter()
+            new_state, train_metrics = pipeline.train_epoch(refresh(state), epoch)
+            scalars = metrics.epoch_scalars(train_metrics, pipeline.evaluate(new_state))
+            bad_step = int(train_metrics.first_non_finite_step.compute())
+            if bad_step >= 0 or not np.isfinite(scalars['train_loss']):
+                state, epoch = guard.fall_back(epoch, bad_step)
+                report_progress = writers.create_progress(writer)
+                continue
+            state = new_state
+            scalars['epoch_seconds'] = time.perf_counter() - started
+            # the loss's epsilon at the epoch's end (every epoch runs steps_per_epoch steps)
+            scalars['train_epsilon'] = float(trainer.epsilon_at(epoch * steps_per_epoch))
+            sound_every = config.bound.sound_every_epochs
+            if sound_every and (epoch % sound_every == 0 or epoch == config.num_epochs) \
+                    and jax.process_index() == 0:
+                scalars.update(metrics.sound_scalars(
+                    trainer.model, {'params': state.params, **state.model_state}, input_shape,
+                    scalars['test_lipschitz'], config.epsilon))
+            report_progress(epoch)
+            writer.write_scalars(epoch, scalars)
+            writer.flush()
+            if guard.at_suspect(epoch):
+                if guard.replaces_suspect(epoch, state):
+                    manager.reload()
+                    checkpoints.save(manager, epoch, state, config_dict, run_info)
+            elif epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
+                checkpoints.save(manager, epoch, state, config_dict, run_info)
+                run_files.save_json(workdir, run_files.CONFIG_FILE, config_dict)
+                run_files.save_json(workdir, run_files.RUN_INFO_FILE, run_info)
+            epoch += 1
     return state
+
+
+def _quietly(close: Callable[[], None]) -> None:
+    """Calls ``close``, ignoring its failure: the run's own failure is the one to report."""
+    with contextlib.suppress(Exception):
+        close()

@@ -155,23 +155,28 @@ def create_writer(workdir: str, num_epochs: int) -> MultiWriter:
 
 
 class ReportProgress:
-    """Adds ``epochs_per_second`` (since the first call, for the console's ETA)
-    and ``uptime`` (seconds since the first call) to ``writer`` for each epoch it is called with,
-    as clu's ``periodic_actions.ReportProgress`` does with one step per epoch."""
+    """Adds ``uptime`` (seconds since the run (re)started) and, from the second epoch of this
+    invocation on, ``epochs_per_second`` (measured from the end of the first epoch, so that
+    compilation and the first epoch's warm-up do not enter the console's ETA) to ``writer``
+    for each epoch it is called with, as clu's ``periodic_actions.ReportProgress`` does with
+    one step per epoch."""
 
-    def __init__(self, writer: MultiWriter, start_epoch: int):
+    def __init__(self, writer: MultiWriter):
         self.writer = writer
-        self.start_epoch = start_epoch
         self.start_time = time.monotonic()
+        self.first: tuple[int, float] | None = None  # (epoch, time) at the first call
 
     def __call__(self, epoch: int) -> None:
-        elapsed = time.monotonic() - self.start_time
-        if epoch > self.start_epoch and elapsed > 0:
-            self.writer.write_scalars(epoch, {
-                'epochs_per_second': (epoch - self.start_epoch) / elapsed, 'uptime': elapsed})
+        now = time.monotonic()
+        scalars = {'uptime': now - self.start_time}
+        if self.first is None:
+            self.first = (epoch, now)
+        elif epoch > self.first[0] and now > self.first[1]:
+            scalars['epochs_per_second'] = (epoch - self.first[0]) / (now - self.first[1])
+        self.writer.write_scalars(epoch, scalars)
 
 
-def create_progress(writer: MultiWriter, start_epoch: int) -> ReportProgress:
-    """The progress reporter, started at ``start_epoch``; call it with each finished epoch
-    before writing that epoch's scalars."""
-    return ReportProgress(writer, start_epoch)
+def create_progress(writer: MultiWriter) -> ReportProgress:
+    """The progress reporter; call it with each finished epoch before writing that epoch's
+    scalars."""
+    return ReportProgress(writer)

@@ -101,17 +101,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
     monkeypatch.setattr(losses, 'method_loss', lambda *args: finite_loss(*args) * jnp.nan)
     with pytest.raises(train.NonFiniteLossError, match='epoch 3, step 1 .*epoch 2 is kept'):
         train.train_and_evaluate(embedded_config(), workdir)
-    manager = checkpoints.checkpoint_manager(workdir)
-    assert manager.latest_step() == 2
+    assert checkpoints.latest_epoch(workdir) == 2
     like = train.create_trainer(embedded_config(), (28, 28, 1), 10).state
-    state, epoch = checkpoints.restore_train_state(manager, like)
+    state, epoch = checkpoints.restore_train_state(workdir, like)
     assert epoch == 2
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params))
 
 
 @pytest.mark.parametrize('overrides, message', [
     ({'method': 'lmtt'}, "unknown config.method 'lmtt'; allowed: plain, lmt, lc_lmt"),
-    ({'model': 'resnet9'}, "unknown config.model 'resnet9'; allowed: cnn, mlp, wrn"),
+    ({'model': 'resnet9'},
+     "unknown config.model 'resnet9'; allowed: cnn, lipconvnet, liresnet, mlp, wrn"),
     ({'epsilon': -0.5}, 'epsilon must be a finite number >= 0, got -0.5'),
     ({'epsilon': float('nan')}, 'epsilon must be a finite number >= 0'),
     ({'batch_size': 102}, 'batch_size=102 is not divisible by the device count 4'),
@@ -243,9 +243,43 @@ def test_reconverging_at_an_epoch_start_brings_the_estimate_to_the_norm(embedded
         variables(state), jnp.zeros((1, 28, 28, 1))).lipschitz)
     sound = metrics.sound_scalars(model, variables(state), (28, 28, 1), 1.0, 1.0)['lipschitz_sound']
     before = estimate(state)
-    reconverge = train.make_reconverge(trainer, config.bound.reconverge_steps,
-                                       embedded.train_images[:config.batch_size])
-    state = reconverge(state)
+    refresh = train.make_refresh(trainer, config.bound.reconverge_steps,
+                                 embedded.train_images[:config.batch_size])
+    state = refresh(state)
     assert before < 0.9 * sound
     np.testing.assert_allclose(estimate(state), sound, rtol=1e-3)
     assert estimate(state) <= sound
+
+
+def _primitives(jaxpr) -> set[str]:
+    """Every primitive of a jaxpr, inside nested jaxprs (scan, jit, custom derivatives) too."""
+    names = set()
+    for equation in jaxpr.eqns:
+        names.add(equation.primitive.name)
+        for param in equation.params.values():
+            for inner in param if isinstance(param, (tuple, list)) else (param,):
+                if isinstance(inner, jax.extend.core.ClosedJaxpr):
+                    names |= _primitives(inner.jaxpr)
+                elif isinstance(inner, jax.extend.core.Jaxpr):
+                    names |= _primitives(inner)
+    return names
+
+
+DECOMPOSITIONS = {'eigh', 'svd', 'qr', 'householder_product', 'geqrf', 'cholesky',
+                  'triangular_solve', 'lu'}
+
+
+def test_the_default_training_step_has_matrix_products_only(embedded):
+    """No decomposition in the default step: on accelerators a small eigh or QR per layer per
+    step costs more than the rest of the step (docs/CERTIFIED.md); once per epoch it is free."""
+    config = embedded_config()
+    trainer = train.create_trainer(config, (28, 28, 1), embedded.num_classes)
+    images, labels = embedded.train_images[:100], embedded.train_labels[:100]
+    step = jax.make_jaxpr(trainer.train_step)(trainer.state, images, labels)
+    names = _primitives(step.jaxpr)
+    assert 'dot_general' in names and not names & DECOMPOSITIONS, names & DECOMPOSITIONS
+    # the once-per-epoch refresh is where the Rayleigh-Ritz decompositions live
+    refresh = train.make_refresh(trainer, 0, images)
+    assert _primitives(jax.make_jaxpr(refresh)(trainer.state).jaxpr) & {'eigh', 'qr',
+                                                                         'householder_product',
+                                                                         'geqrf'}

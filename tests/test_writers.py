@@ -13,7 +13,7 @@ from lclmt_jax import writers
 
 def test_one_record_per_epoch_in_jsonl_and_tensorboard(tmp_path, capsys):
     writer = writers.create_writer(str(tmp_path), num_epochs=2)
-    progress = writers.create_progress(writer, start_epoch=0)
+    progress = writers.create_progress(writer)
     for epoch in (1, 2):
         progress(epoch)
         scalars = {'train_loss': 1.0 / epoch, 'train_accuracy': 0.5, 'test_accuracy': 0.5,

@@ -10,9 +10,10 @@ comparison tables), accuracy-vs-radius curves (``curves.csv`` and the figures), 
 columns (``per_example.csv``) and optional figures of its own.
 
 The :class:`Context` shares what several evaluators need, computed once: the restored model,
-the test points, float64 logits and the sound certified radii. An evaluator that attacks the
-certified points reports ``scalars['broken_certificates']``: a certified point the attack broke
-inside its radius, which means a bound is wrong and makes the evaluation fail.
+the test points, float64 logits, the float32 rounding allowance and the sound certified radii
+(of the float32 network as it runs, where the model's rounding is analysed). An evaluator that
+attacks the certified points reports ``scalars['broken_certificates']``: a certified point the
+attack broke inside its radius, which means a bound is wrong and makes the evaluation fail.
 
 Reading a config collects the settings, so this package and its plugins import nothing heavy at
 module level: the numerical modules (JAX) are imported inside the functions that use them.
@@ -67,7 +68,7 @@ class Context:
         self.config = restored.config
         self.images = images
         self.labels = labels
-        self._radii: dict[str, np.ndarray] = {}
+        self._radii: dict[tuple, np.ndarray] = {}
 
     @functools.cached_property
     def logits64(self) -> np.ndarray:
@@ -78,16 +79,50 @@ class Context:
 
     @functools.cached_property
     def correct(self) -> np.ndarray:
-        return np.argmax(self.logits64, axis=1) == self.labels
-
-    def radii(self, certificate: str) -> np.ndarray:
-        """Sound certified radius per test point with ``certificate`` (``certify``), cached."""
+        """Correctly classified, with finite logits (a NaN row's argmax means nothing)."""
         from lclmt_jax import certify
 
-        if certificate not in self._radii:
-            self._radii[certificate] = certify.certified_radii(
-                self.logits64, self.labels, self.restored.sound_bounds, certificate)
-        return self._radii[certificate]
+        finite = certify.finite_rows(self.logits64) & certify.finite_rows(self.images)
+        return (np.argmax(self.logits64, axis=1) == self.labels) & finite
+
+    @functools.cached_property
+    def rounding(self):
+        """The float32 rounding allowance of the test points (``certify.rounding_allowance``), or
+        None, said in one line, for a model without a rounding analysis."""
+        from lclmt_jax import certify, console, rounding
+
+        try:
+            return certify.rounding_allowance(self.restored.model, self.restored.variables,
+                                              self.images)
+        except rounding.NotAnalysable as error:
+            console.say(f'warning: {console.one_line(error)}; certificates are for exact '
+                        'arithmetic only', stderr=True)
+            return None
+
+    @property
+    def arithmetic(self) -> str:
+        """'float32' (radii of the network as it runs) where the model's rounding is analysed,
+        else 'exact'."""
+        return 'exact' if self.rounding is None else 'float32'
+
+    def radii(self, certificate: str, arithmetic: str | None = None,
+              labels: np.ndarray | None = None) -> np.ndarray:
+        """Sound certified radius per test point with ``certificate`` (``certify``), cached: in
+        ``arithmetic`` (default ``self.arithmetic``), for ``labels`` (default the true ones;
+        the predictions give the certified-only radii)."""
+        from lclmt_jax import certify
+
+        arithmetic = arithmetic or self.arithmetic
+        key = (certificate, arithmetic, None if labels is None else labels.tobytes())
+        if key not in self._radii:
+            allowance = None if arithmetic == 'exact' else self.rounding
+            if arithmetic != 'exact' and allowance is None:
+                raise ValueError('no float32 rounding analysis for this model')
+            self._radii[key] = certify.certified_radii(
+                self.logits64, self.labels if labels is None else labels,
+                self.restored.sound_bounds, certificate, allowance)
+            self._radii[key] = np.where(certify.finite_rows(self.images), self._radii[key], 0.0)
+        return self._radii[key]
 
 
 class Evaluator(NamedTuple):
