@@ -3,14 +3,17 @@
   python benchmarks/suite.py                 # full sizes (a GPU: a few minutes)
   python benchmarks/suite.py --small         # CPU-sized smoke run (the tests run this)
 
-Rows: the paper MLP's epoch (60,000 MNIST-shaped images, batch 100) with the default training
-(pairwise LC-LMT, block power iteration) and with the paper's recipe; the 4C3F CNN's epoch
-(experiments/mnist_certified_cnn.py); the WRN-16-4 train step (batch 128, 32x32x3, SVHN config)
-for plain training and LC-LMT; CW-L2 (100 steps x 5 rounds) on 10,000 images of the paper MLP;
-sound certification (float64 bounds, logits and pairwise radii) of the paper MLP and the 4C3F on
-10,000 images. Every row is the median of ``--repeats`` timed runs after one untimed run that
-compiles; pixel values do not change the cost, so images are random. The functions timed are
-the trainer's and evaluator's own.
+Rows: the paper MLP's epoch (60,000 MNIST-shaped images, batch 100) and the 4C3F CNN's epoch
+(experiments/mnist_certified_cnn.py), each with the default training (pairwise LC-LMT, the
+tracked block bound) and with the paper's recipe (``configs.paper_recipe``: global LC-LMT, one
+power-iteration step and vector per layer); the train step of the colour models of
+experiments/cifar10_certified.py (batch 256, 32x32x3: LiResNet and GloRo's 6C2F, default and
+paper recipe; the AOL and SLL LipConvNets); the WRN-16-4 train step (batch 128, 32x32x3, SVHN
+config) for plain training and LC-LMT; CW-L2 (100 steps x 5 rounds) on 10,000 images of the
+paper MLP; sound certification (float64 bounds, logits and pairwise radii) of the paper MLP and
+the 4C3F on 10,000 images. Every row is the median of ``--repeats`` timed runs after one untimed
+run that compiles; pixel values do not change the cost, so images are random. The functions
+timed are the trainer's and evaluator's own.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np  # noqa: E402
 from lclmt_jax import (  # noqa: E402
     attacks,
     certify,
+    configs,
     input_pipeline,
     metrics,
     models,
@@ -40,6 +44,11 @@ from lclmt_jax import (  # noqa: E402
 )
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+
+# (experiments/cifar10_certified.py variant, row name, whether it trains with an estimator: the
+# AOL/SLL bodies are 1-Lipschitz by construction, so they have no paper-recipe counterpart).
+COLOUR_MODELS = (('', 'LiResNet', True), ('6c2f', '6C2F', True), ('aol', 'LipConvNet-AOL', False),
+                 ('sll', 'LipConvNet-SLL', False))
 
 
 def experiment(name: str, variant: str = ''):
@@ -141,14 +150,22 @@ def measure(small: bool, repeats: int) -> list[dict]:
                      'images_per_second': images / seconds})
         print(f'{name}: {seconds:.4g} s ({images / seconds:,.0f} images/s)', flush=True)
 
-    for variant, label in (('', 'default'), ('paper', 'paper recipe')):
-        config = experiment('mnist_lc', variant)
+    recipes = (('default', lambda config: config), ('paper recipe', configs.paper_recipe))
+    for label, recipe in recipes:
         row(f'paper MLP epoch, {label}', f'{examples} images, batch 100',
-            epoch_seconds(config, mnist, examples, repeats), examples)
-    cnn = experiment('mnist_certified_cnn')
+            epoch_seconds(recipe(experiment('mnist_lc')), mnist, examples, repeats), examples)
     cnn_examples = 256 if small else examples  # XLA:CPU's conv gradients are slow in a scan
-    row('4C3F epoch', f'{cnn_examples} images, batch {cnn.batch_size}',
-        epoch_seconds(cnn, mnist, cnn_examples, repeats), cnn_examples)
+    for label, recipe in recipes:
+        cnn = recipe(experiment('mnist_certified_cnn'))
+        row(f'4C3F epoch, {label}', f'{cnn_examples} images, batch {cnn.batch_size}',
+            epoch_seconds(cnn, mnist, cnn_examples, repeats), cnn_examples)
+    colour_batch = 16 if small else 256
+    for variant, name, with_estimator in COLOUR_MODELS:
+        for label, recipe in recipes if with_estimator else recipes[:1]:
+            config = recipe(experiment('cifar10_certified', variant + (',short' if small else '')))
+            config.batch_size = colour_batch
+            row(f'{name} step, {label}', f'batch {colour_batch}, 32x32x3',
+                step_seconds(config, svhn, 2, repeats), colour_batch)
     for method, name in (('plain', 'svhn_plain'), ('lc_lmt', 'svhn_lc')):
         wrn = experiment(name, 'smoke' if small else '')
         wrn.batch_size = 16 if small else 128
@@ -162,7 +179,8 @@ def measure(small: bool, repeats: int) -> list[dict]:
     row('sound certification, paper MLP', f'{test_examples} images',
         certification_seconds(mlp, mnist, test_examples, repeats), test_examples)
     row('sound certification, 4C3F', f'{test_examples} images',
-        certification_seconds(cnn, mnist, test_examples, repeats), test_examples)
+        certification_seconds(experiment('mnist_certified_cnn'), mnist, test_examples, repeats),
+        test_examples)
     return rows
 
 

@@ -26,13 +26,15 @@ for a 2-core CPU:
   python launch.py --config=experiments/cifar10_certified.py:standin,short \
       --workdir=runs/standin_liresnet --config.data.path=runs/svhn_standin.npz \
       --evaluators=certificates,cw_l2 --attack_examples=200
-Variants (parts joined by commas): ``6c2f`` (GloRo's CNN instead of the LiResNet),
+Variants (parts joined by commas): ``6c2f`` (GloRo's CNN instead of the LiResNet), ``aol`` and
+``sll`` (``models/lipconvnet.py``: a ConvNet of AOL or SLL convs, 1-Lipschitz by construction up
+to its head, in the style of "1-Lipschitz Layers Compared"),
 ``standin`` (the npz stand-in at ``--config.data.path``), ``short`` (the CPU schedule).
 """
 
 import ml_collections
 
-from lclmt_jax.configs import check_variant, default_config
+from lclmt_jax.configs import check_variant, default_config, liresnet_recipe
 
 EPS36 = 36 / 255
 CNN_6C2F = ((32, 3, 1), (32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 3, 1), (64, 4, 2))
@@ -41,7 +43,7 @@ CNN_6C2F = ((32, 3, 1), (32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 3, 1), (64, 4, 
 def get_config(variant: str = ''):
     parts = variant.split(',')
     for part in parts:
-        check_variant(part, ('', '6c2f', 'standin', 'short'))
+        check_variant(part, ('', '6c2f', 'aol', 'sll', 'standin', 'short'))
     short = 'short' in parts
     config = default_config()
     if 'standin' in parts:
@@ -55,29 +57,21 @@ def get_config(variant: str = ''):
         config.cnn = ml_collections.ConfigDict({
             'convs': CNN_6C2F, 'dense': (512,), 'activation': 'minmax',
             'weight_init': 'orthogonal'})
+    elif 'aol' in parts or 'sll' in parts:
+        config.model = 'lipconvnet'
+        config.lipconvnet = ml_collections.ConfigDict({
+            'layer': 'aol' if 'aol' in parts else 'sll', 'width': 16 if short else 32,
+            'blocks': 3, 'layers_per_block': 2 if short else 4})
     else:
         config.model = 'liresnet'
         config.liresnet = ml_collections.ConfigDict({
             'depth': 6 if short else 12, 'width': 32 if short else 128, 'stem_kernel': 5,
             'stem_stride': 2, 'neck_features': 64 if short else 256, 'neck_size': 4,
             'dense_features': 512})
-    config.method = 'lc_lmt_pairwise'
-    config.epsilon = 1.5 * EPS36  # the training radius; certified at evaluation.epsilons
-    config.epsilon_schedule = 'linear'
-    config.num_epochs = 20 if short else 200
-    config.epsilon_warmup_epochs = 0.5 * config.num_epochs
-    config.batch_size = 256
-    config.eval_batch_size = 1000
-    config.optimizer = 'adam'
-    config.learning_rate = 1e-3
-    config.schedule = 'cosine'
-    config.grad_clip_norm = 3.0
+    # the training radius (certified at evaluation.epsilons) and LiResNet's schedule
+    liresnet_recipe(config, 1.5 * EPS36, 16 if short else 200)
     config.augment.crop_padding = 0 if 'standin' in parts else 4
     config.augment.flip = 'standin' not in parts
-    # Convs keep one power-iteration vector each; a few steps per update are cheap next to the
-    # batch (one image's conv and its transpose per step).
-    config.bound.power_iterations = 4
-    config.bound.reconverge_steps = 20
     config.bound.sound_every_epochs = 4 if short else 20
     config.checkpoint_every_epochs = 4 if short else 20
     config.evaluation.epsilons = (EPS36, 2 * EPS36, 3 * EPS36, 0.2)

@@ -24,7 +24,7 @@ Variants (parts joined by commas): '' (TFDS mnist), ``idx`` (the IDX files at
 
 import ml_collections
 
-from lclmt_jax.configs import check_variant, default_config
+from lclmt_jax.configs import check_variant, default_config, liresnet_recipe
 
 
 def get_config(variant: str = ''):
@@ -40,19 +40,8 @@ def get_config(variant: str = ''):
         'depth': 6 if short else 12, 'width': 32 if short else 128, 'stem_kernel': 5,
         'stem_stride': 2, 'neck_features': 64 if short else 256, 'neck_size': 7,
         'dense_features': 512})
-    config.method = 'lc_lmt_pairwise'
-    config.epsilon = 1.1 * 1.58  # the training radius; certified at evaluation.epsilons
-    config.epsilon_schedule = 'linear'
-    config.num_epochs = 16 if short else 300
-    config.epsilon_warmup_epochs = 0.5 * config.num_epochs
-    config.batch_size = 256
-    config.eval_batch_size = 1000
-    config.optimizer = 'adam'
-    config.learning_rate = 1e-3
-    config.schedule = 'cosine'
-    config.grad_clip_norm = 3.0
-    config.bound.power_iterations = 4
-    config.bound.reconverge_steps = 20
+    # the training radius (certified at evaluation.epsilons) and LiResNet's schedule
+    liresnet_recipe(config, 1.1 * 1.58, 16 if short else 300)
     config.bound.sound_every_epochs = 5 if short else 20
     config.checkpoint_every_epochs = 5 if short else 20
     config.evaluation.epsilons = (0.3, 0.5, 1.0, 1.58, 2.0)

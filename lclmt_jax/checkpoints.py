@@ -533,6 +533,16 @@ def _existing_root(workdir: str) -> str:
     return root
 
 
+def _checked_read(root: str, epoch: int) -> SavedModel:
+    """The model of checkpoint ``epoch``, read only after its files match its manifest (one
+    warning when it has none); raises on any mismatch or read failure."""
+    directory = step_directory(root, epoch)
+    verified = verify(directory)
+    if not verified:
+        _warn_unchecked(directory)
+    return _read_model(directory, epoch, verified)
+
+
 def restore_variables(workdir: str, epoch: int | None = None) -> SavedModel:
     """The model of the newest good checkpoint in ``workdir`` (or of ``epoch``, which must read).
 
@@ -545,22 +555,14 @@ def restore_variables(workdir: str, epoch: int | None = None) -> SavedModel:
         if epoch not in saved_epochs(root):
             raise NoCheckpointError(f'{workdir} has no checkpoint of epoch {epoch}; it has '
                                     f'{saved_epochs(root) or "none"}')
-        directory = step_directory(root, epoch)
         try:
-            verified = verify(directory)
-            if not verified:
-                _warn_unchecked(directory)
-            return _read_model(directory, epoch, verified)
+            return _checked_read(root, epoch)
         except Exception as error:  # noqa: BLE001 -- explicit choice: report, keep it
             raise NoCheckpointError(f'checkpoint of epoch {epoch} in {workdir} cannot be '
                                     f'read ({console.one_line(error, with_type=True)})') from None
     for epoch in reversed(saved_epochs(root)):
-        directory = step_directory(root, epoch)
         try:
-            verified = verify(directory)
-            if not verified:
-                _warn_unchecked(directory)
-            return _read_model(directory, epoch, verified)
+            return _checked_read(root, epoch)
         except Exception as error:  # noqa: BLE001 -- any failure to read means damage
             set_aside(root, epoch, error)
     raise NoCheckpointError(f'no checkpoint in {workdir} restores; train it first')

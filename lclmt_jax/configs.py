@@ -118,6 +118,28 @@ def paper_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     return config
 
 
+def liresnet_recipe(config: ml_collections.ConfigDict, training_epsilon: float,
+                    num_epochs: int) -> ml_collections.ConfigDict:
+    """LiResNet's training recipe (Hu et al., 2023), with pairwise LC-LMT as the loss: the
+    training radius ramped up linearly over the first half of ``num_epochs``, Adam 1e-3 with a
+    cosine decay, gradients clipped to norm 3, batch 256; convs keep one power-iteration vector
+    and take 4 steps per update (cheap next to the batch: one image's conv and its transpose)."""
+    config.method = 'lc_lmt_pairwise'
+    config.epsilon = training_epsilon
+    config.epsilon_schedule = 'linear'
+    config.num_epochs = num_epochs
+    config.epsilon_warmup_epochs = 0.5 * num_epochs
+    config.batch_size = 256
+    config.eval_batch_size = 1000
+    config.optimizer = 'adam'
+    config.learning_rate = 1e-3
+    config.schedule = 'cosine'
+    config.grad_clip_norm = 3.0
+    config.bound.power_iterations = 4
+    config.bound.reconverge_steps = 20
+    return config
+
+
 def mnist_variant(config: ml_collections.ConfigDict, variant: str,
                   extra: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
     """Applies a variant string (``file.py:variant``, parts joined by commas) to an MNIST run.

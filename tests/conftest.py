@@ -2,6 +2,7 @@
 parallelism, and one small trained run shared by the evaluation and restore tests."""
 
 import os
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
@@ -11,8 +12,18 @@ os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')  # as launch.py: small float6
 import chex  # noqa: E402
 import pytest  # noqa: E402
 
+from lclmt_jax import compilation_cache  # noqa: E402
+
 NUM_FAKE_DEVICES = 4
 chex.set_n_cpu_devices(NUM_FAKE_DEVICES)  # before anything starts a JAX backend
+
+# One persistent compilation cache for the whole session, shared by the xdist workers and the
+# launch.py subprocesses they start (which read $LCLMT_JAX_CACHE): the many runs of the same
+# small configurations compile each program once. It lives in the temporary directory, never in
+# the user's own cache; JAX keys entries by program, backend and version, so reuse is safe.
+os.environ.setdefault('LCLMT_JAX_CACHE', os.path.join(tempfile.gettempdir(),
+                                                      'lclmt_jax_test_xla_cache'))
+compilation_cache.enable()
 
 
 @pytest.fixture(scope='session')

@@ -17,8 +17,11 @@ def test_the_benchmark_suite_runs_end_to_end_on_the_cpu(tmp_path):
                             env=dict(os.environ, PYTHON=sys.executable))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.load(open(out))['rows']
-    assert [row['measurement'].split(',')[0] for row in rows] == [
-        'paper MLP epoch', 'paper MLP epoch', '4C3F epoch', 'WRN-10-1 step', 'WRN-10-1 step',
-        'CW-L2', 'sound certification', 'sound certification']
+    assert [row['measurement'] for row in rows] == [
+        'paper MLP epoch, default', 'paper MLP epoch, paper recipe', '4C3F epoch, default',
+        '4C3F epoch, paper recipe', 'LiResNet step, default', 'LiResNet step, paper recipe',
+        '6C2F step, default', '6C2F step, paper recipe', 'LipConvNet-AOL step, default',
+        'LipConvNet-SLL step, default', 'WRN-10-1 step, plain', 'WRN-10-1 step, lc_lmt',
+        'CW-L2, paper MLP', 'sound certification, paper MLP', 'sound certification, 4C3F']
     assert all(row['seconds'] > 0 and row['images_per_second'] > 0 for row in rows)
     assert '| measurement | size | median s | images/s |' in result.stdout

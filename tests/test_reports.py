@@ -1,0 +1,80 @@
+"""What each launch.py mode prints at its end (``lclmt_jax.reports``): the answer, the files, the
+next command. Content, not layout: each expected value is read back from the run's own files."""
+
+import json
+import os
+
+import pytest
+
+from lclmt_jax import console, reports, run_files
+
+
+def _summary(epsilons):
+    """An evaluation summary as the certificates and cw_l2 evaluators write it."""
+    summary = {'clean_accuracy': 0.8125, 'num_examples': 1000, 'lipschitz_sound': 3.25,
+               'broken_certificates': 0, 'attack_examples': 200}
+    for k, eps in enumerate(epsilons):
+        summary[f'certified_pairwise@{eps:g}'] = 0.7 - 0.1 * k
+        summary[f'attack@{eps:g}'] = 0.75 - 0.1 * k
+    return summary
+
+
+def test_training_ends_with_accuracy_files_and_the_evaluate_command(trained_workdir, capsys):
+    reports.after_training(trained_workdir, 12.0, None)
+    out = capsys.readouterr().out
+    last = run_files.read_metrics(trained_workdir)[-1]
+    assert f'trained {last["epoch"]} epochs' in out
+    assert f'test accuracy {console.cell(last["test_accuracy"])}' in out
+    assert f'train {console.cell(last["train_accuracy"])}' in out
+    assert os.path.abspath(trained_workdir) in out and 'metrics.jsonl' in out
+    assert (f'next: python launch.py --mode=evaluate --workdir='
+            f'{os.path.abspath(trained_workdir)}') in out
+
+
+def test_an_evaluated_training_adds_its_certified_table_and_the_compare_command(
+        trained_workdir, capsys):
+    epsilons = run_files.load_config(trained_workdir).evaluation.epsilons
+    summary = _summary(epsilons)
+    reports.after_training(trained_workdir, 12.0, summary)
+    out = capsys.readouterr().out
+    assert 'clean accuracy 0.8125 on 1000 test points; sound L 3.2500' in out
+    for k, eps in enumerate(epsilons):
+        row = next(line for line in out.splitlines() if line.split()[:1] == [f'{eps:g}'])
+        assert console.cell(0.7 - 0.1 * k) in row and console.cell(0.75 - 0.1 * k) in row
+    assert 'broken certificates: 0' in out
+    assert 'next: python launch.py --mode=compare' in out
+
+
+def test_evaluate_prints_every_radius_with_certificate_and_attack(trained_workdir, capsys):
+    epsilons = run_files.load_config(trained_workdir).evaluation.epsilons
+    summary = _summary(epsilons)
+    summary['broken_certificates'] = 2
+    reports.after_evaluation(trained_workdir, summary)
+    out = capsys.readouterr().out
+    assert 'certified (pairwise)' in out and 'CW-L2 attack' in out
+    assert sum(line.split()[:1] in ([f'{eps:g}'] for eps in epsilons)
+               for line in out.splitlines()) == len(epsilons)
+    assert 'broken certificates: 2 (must be 0' in out
+
+
+def test_compare_prints_the_table_it_wrote(trained_workdir, tmp_path, capsys):
+    epsilons = run_files.load_config(trained_workdir).evaluation.epsilons
+    table = [{'workdir': trained_workdir, 'run': 'lc_lmt_pairwise', 'epochs': 3,
+              'train_accuracy': 0.5, 'test_accuracy': 0.625,
+              **{f'certified_pairwise@{eps:g}': 0.375 for eps in epsilons},
+              'first_epoch_meeting_bound': None}]
+    (tmp_path / 'comparison.json').write_text(json.dumps(table))
+    (tmp_path / 'fig1a_margins.png').write_bytes(b'')
+    reports.after_comparison(str(tmp_path), [trained_workdir], table)
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines()
+               if line.startswith(os.path.basename(trained_workdir)))
+    assert '0.6250' in row and '0.3750' in row and 'lc_lmt_pairwise' in row
+    assert all(f'cert@{eps:g}' in out for eps in epsilons)
+    assert 'comparison.json' in out and 'fig1a_margins.png' in out
+
+
+@pytest.mark.parametrize('evaluated', [False, True])
+def test_next_command_names_the_workdir(evaluated):
+    line = console.next_command('/runs/a', evaluated)
+    assert '/runs/a' in line and ('--mode=compare' if evaluated else '--mode=evaluate') in line
