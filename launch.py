@@ -38,6 +38,9 @@ _ATTACK_EXAMPLES = flags.DEFINE_integer(
 _EVALUATORS = flags.DEFINE_list('evaluators', None, 'evaluate mode: these evaluators instead of '
                                 'the run\'s config.evaluators; train mode: run them on the trained '
                                 'model when training ends (one process).')
+_EVAL_SETTINGS = flags.DEFINE_multi_string(
+    'eval_setting', [], 'NAME.FIELD=VALUE (repeatable): an evaluator setting for this evaluation '
+    '(e.g. cw_l2.steps=200); evaluate mode reads the run\'s config.json, not --config.')
 _CHECKPOINT = flags.DEFINE_integer('checkpoint', None, 'evaluate mode: the checkpoint of this '
                                    'epoch instead of the newest one that restores.')
 _SWEEP = flags.DEFINE_enum('sweep', None, ['run', 'print'],
@@ -129,12 +132,16 @@ def main(argv: list[str]) -> None:
             if _EVALUATORS.value:
                 summary = evaluate.evaluate_run(_WORKDIR.value, _MAX_EXAMPLES.value,
                                                 _EVALUATORS.value,
-                                                attack_examples=_ATTACK_EXAMPLES.value)
+                                                attack_examples=_ATTACK_EXAMPLES.value,
+                                                evaluator_settings=_EVAL_SETTINGS.value)
             reports.after_training(_WORKDIR.value, trained, summary)
         elif _MODE.value == 'evaluate':
+            if _CONFIG.value is not None:
+                raise ValueError('--mode=evaluate reads the run\'s own config.json; drop --config '
+                                 'and set evaluator settings with --eval_setting NAME.FIELD=VALUE')
             summary = evaluate.evaluate_run(_WORKDIR.value, _MAX_EXAMPLES.value,
                                             _EVALUATORS.value, _CHECKPOINT.value,
-                                            _ATTACK_EXAMPLES.value)
+                                            _ATTACK_EXAMPLES.value, _EVAL_SETTINGS.value)
             reports.after_evaluation(_WORKDIR.value, summary)
         else:
             if not _RUNS.value:

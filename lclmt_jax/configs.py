@@ -11,10 +11,13 @@ registries of models, methods, data sources, optimizers and evaluators.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib.util
 import os
 import types
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 
@@ -259,6 +262,19 @@ def load_config_module(path: str) -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
+                    what: str = 'override') -> ml_collections.ConfigDict:
+    """A copy of ``config`` with dotted-key ``overrides`` set; unknown fields or types raise."""
+    for key in overrides:
+        check_field(config, key, what)
+    config = copy.deepcopy(config)
+    try:
+        config.update_from_flattened_dict(dict(overrides))
+    except TypeError as error:
+        raise ValueError(f'{what}: {error}'.splitlines()[0]) from None
+    return config
 
 
 def check_field(config: ml_collections.ConfigDict, key: str, what: str) -> None:

@@ -10,6 +10,7 @@ attacks as upper bounds). A non-zero ``broken_certificates`` from any evaluator 
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import os
@@ -22,7 +23,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lclmt_jax import data, losses, plots, run_files
+from lclmt_jax import configs, data, losses, plots, run_files
 from lclmt_jax.evaluators import EVALUATORS, Context, Result, run_evaluator
 from lclmt_jax.restored import restore
 
@@ -47,15 +48,36 @@ def _write_csv(path: str, columns: dict[str, np.ndarray]) -> None:
         out.writerows(zip(*[np.asarray(c).tolist() for c in columns.values()], strict=True))
 
 
+def with_evaluator_settings(config: ml_collections.ConfigDict,
+                            settings: Sequence[str]) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with each ``NAME.FIELD=VALUE`` of ``settings`` set in
+    ``config.evals`` (``cw_l2.steps=200``): evaluator settings for one evaluation of a finished
+    run, whose saved config.json stays as trained. VALUE is a Python literal or a bare string;
+    an unknown evaluator or field, or a value of the wrong type, is one ValueError line."""
+    overrides = {}
+    for item in settings:
+        key, separator, text = item.partition('=')
+        if not separator or '.' not in key:
+            raise ValueError(f'--eval_setting {item!r} is not NAME.FIELD=VALUE '
+                             '(e.g. cw_l2.steps=200)')
+        try:
+            overrides[f'evals.{key}'] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            overrides[f'evals.{key}'] = text
+    return configs.apply_overrides(config, overrides, '--eval_setting')
+
+
 def evaluate_run(workdir: str, max_examples: int | None = None,
                  evaluators: Sequence[str] | None = None, epoch: int | None = None,
-                 attack_examples: int | None = None) -> dict:
+                 attack_examples: int | None = None,
+                 evaluator_settings: Sequence[str] = ()) -> dict:
     """Runs the evaluators (default: the run's ``config.evaluators``) on its test set.
 
     Uses the newest checkpoint that restores (or that of ``epoch``); writes the files and
     figures and returns the summary (``evaluation.json``). ``max_examples``: only the first test
     points, for every evaluator; ``attack_examples``: the attack only (the run's
-    ``config.evals.cw_l2.max_examples`` otherwise).
+    ``config.evals.cw_l2.max_examples`` otherwise); ``evaluator_settings``: ``NAME.FIELD=VALUE``
+    overrides of ``config.evals`` for this evaluation only (``with_evaluator_settings``).
     """
     started = time.perf_counter()
     restored = restore(workdir, epoch)
@@ -74,8 +96,9 @@ def evaluate_run(workdir: str, max_examples: int | None = None,
                                    f'{config.data.source} test labels')
     context = Context(restored, images, labels)
     if attack_examples is not None:
-        context.config = ml_collections.ConfigDict(config.to_dict())
-        context.config.evals.cw_l2.max_examples = attack_examples
+        evaluator_settings = (*evaluator_settings, f'cw_l2.max_examples={attack_examples}')
+    if evaluator_settings:
+        context.config = with_evaluator_settings(config, evaluator_settings)
     results = {name: run_evaluator(name, context) for name in names}
     summary = {'workdir': os.path.abspath(workdir), 'epoch': restored.epoch,
                'label': run_label(config), 'evaluators': list(names),

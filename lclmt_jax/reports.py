@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from lclmt_jax import console, run_files
+from lclmt_jax import console, margins, run_files
 
 
 def after_training(workdir: str, seconds: float, summary: dict | None) -> None:
@@ -28,7 +28,7 @@ def after_training(workdir: str, seconds: float, summary: dict | None) -> None:
 def evaluation_lines(workdir: str, summary: dict, epsilons: Sequence[float]) -> str:
     """The evaluation table (certified accuracy per radius and certificate, the attack, broken
     certificates) and where its files are."""
-    certificates = [name for name in ('pairwise', 'global')
+    certificates = [name for name in margins.CERTIFICATES.names()
                     if any(f'certified_{name}@{eps:g}' in summary for eps in epsilons)]
     out = os.path.join(workdir, 'evaluation')
     files = ', '.join(sorted(os.listdir(out))) if os.path.isdir(out) else ''

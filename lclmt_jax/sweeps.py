@@ -20,7 +20,6 @@ one shell command per member instead, for a scheduler.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -107,19 +106,6 @@ def override_flags(overrides: Mapping[str, Any]) -> list[str]:
     return [f'--config.{key}={flag_value(value)}' for key, value in overrides.items()]
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
-                    what: str = 'override') -> ml_collections.ConfigDict:
-    """A copy of ``config`` with dotted-key ``overrides`` set; unknown fields or types raise."""
-    for key in overrides:
-        configs.check_field(config, key, what)
-    config = copy.deepcopy(config)
-    try:
-        config.update_from_flattened_dict(dict(overrides))
-    except TypeError as error:
-        raise ValueError(f'{what}: {error}'.splitlines()[0]) from None
-    return config
-
-
 @dataclasses.dataclass
 class Sweep:
     """The members of a sweep: their names, overrides and configs.
@@ -150,7 +136,7 @@ class Sweep:
                              'a list of override dicts')
         overrides = dict(overrides or {})
         if base is None:
-            base = apply_overrides(module.get_config(variant), overrides, 'command line')
+            base = configs.apply_overrides(module.get_config(variant), overrides, 'command line')
         members: dict[str, dict[str, Any]] = {}
         for member in module.get_sweep(variant):
             if not isinstance(member, Mapping):
@@ -183,7 +169,7 @@ class Sweep:
 
     def config(self, name: str) -> ml_collections.ConfigDict:
         """The full config of member ``name``."""
-        return apply_overrides(self.base, self.members[name], f'sweep member {name!r}')
+        return configs.apply_overrides(self.base, self.members[name], f'sweep member {name!r}')
 
     def commands(self, workdir: str, max_examples: int | None = None,
                  program: str = 'launch.py') -> str:

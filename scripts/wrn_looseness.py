@@ -62,10 +62,10 @@ from lclmt_jax import (  # noqa: E402
     bounds,
     certify,
     compilation_cache,
+    configs,
     data,
     margins,
     restored,
-    sweeps,
     train,
 )
 from lclmt_jax.activations import relu  # noqa: E402
@@ -498,7 +498,7 @@ def make_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     config.epsilon = args.epsilon
     config.data.path = args.data
     config.checkpoint_every_epochs = 1
-    return sweeps.apply_overrides(config, dict(args.set), '--set')
+    return configs.apply_overrides(config, dict(args.set), '--set')
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ def test_experiment_configs_validate(path, tmp_path):
     assert config.method in losses.METHODS and config.model in models.MODELS
     for member in getattr(module, 'get_sweep', lambda variant: [])(''):
         overrides = {key: value for key, value in member.items() if key != sweeps.NAME_KEY}
-        _validate(sweeps.apply_overrides(module.get_config(), overrides), tmp_path)
+        _validate(configs.apply_overrides(module.get_config(), overrides), tmp_path)
 
 
 def test_method_and_model_of_the_named_experiments():

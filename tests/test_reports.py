@@ -78,3 +78,18 @@ def test_compare_prints_the_table_it_wrote(trained_workdir, tmp_path, capsys):
 def test_next_command_names_the_workdir(evaluated):
     line = console.next_command('/runs/a', evaluated)
     assert '/runs/a' in line and ('--mode=compare' if evaluated else '--mode=evaluate') in line
+
+
+def test_evaluator_settings_for_one_evaluation_are_checked_and_leave_the_config_alone():
+    from lclmt_jax import configs, evaluate
+
+    config = configs.default_config()
+    changed = evaluate.with_evaluator_settings(config, ['cw_l2.steps=7', 'cw_l2.batch_size=64'])
+    assert (changed.evals.cw_l2.steps, changed.evals.cw_l2.batch_size) == (7, 64)
+    assert config.evals.cw_l2.steps != 7  # the run's own config is not touched
+    with pytest.raises(ValueError, match="did you mean 'evals.cw_l2.steps'"):
+        evaluate.with_evaluator_settings(config, ['cw_l2.stepz=7'])
+    with pytest.raises(ValueError, match='NAME.FIELD=VALUE'):
+        evaluate.with_evaluator_settings(config, ['steps=7'])
+    with pytest.raises(ValueError, match='--eval_setting'):
+        evaluate.with_evaluator_settings(config, ["cw_l2.steps='many'"])
