@@ -51,8 +51,12 @@ def aligned(headers: list[str], rows: list[list[object]]) -> str:
 def evaluation_table(summary: dict, epsilons: list[float], certificates: list[str]) -> str:
     """An evaluation's answer, one row per radius: certified accuracy with each certificate (a
     sound lower bound on robust accuracy) and the accuracy under the attack (an empirical upper
-    bound), with the clean accuracy, the sound L and the broken-certificate count."""
-    headers = ['radius'] + [f'certified ({name})' for name in certificates]
+    bound), with the clean accuracy, the sound L and the broken-certificate count. A name
+    ``exact_<certificate>`` reads the exact-arithmetic figures (models without a float32
+    rounding analysis)."""
+    headers = ['radius'] + [f'certified ({name.removeprefix("exact_")}, exact arithmetic)'
+                            if name.startswith('exact_') else f'certified ({name})'
+                            for name in certificates]
     keys = [[f'certified_{name}@{eps:g}' for name in certificates] for eps in epsilons]
     if any(f'attack@{eps:g}' in summary for eps in epsilons):
         headers.append('CW-L2 attack')

@@ -38,7 +38,10 @@ class BrokenCertificateError(RuntimeError):
 def run_label(config) -> str:
     """Short legend label of a run, e.g. ``LC-LMT(1.0)``, ``LC-LMT-pw(1.0)`` or ``plain``."""
     name = losses.METHODS.get(config.method).label or config.method
-    return name if config.method == 'plain' else f'{name}({config.epsilon})'
+    epsilon = str(config.epsilon)
+    if len(epsilon) > 6:  # 36/255 * 1.5 as 0.2118, not 0.21176470588235294
+        epsilon = f'{config.epsilon:.4g}'
+    return name if config.method == 'plain' else f'{name}({epsilon})'
 
 
 def _write_csv(path: str, columns: dict[str, np.ndarray]) -> None:

@@ -28,8 +28,13 @@ def after_training(workdir: str, seconds: float, summary: dict | None) -> None:
 def evaluation_lines(workdir: str, summary: dict, epsilons: Sequence[float]) -> str:
     """The evaluation table (certified accuracy per radius and certificate, the attack, broken
     certificates) and where its files are."""
-    certificates = [name for name in margins.CERTIFICATES.names()
-                    if any(f'certified_{name}@{eps:g}' in summary for eps in epsilons)]
+    def reported(names):
+        return [name for name in names
+                if any(f'certified_{name}@{eps:g}' in summary for eps in epsilons)]
+
+    # float32 certificates; a model without a rounding analysis has exact-arithmetic ones only
+    names = margins.CERTIFICATES.names()
+    certificates = reported(names) or reported([f'exact_{name}' for name in names])
     out = os.path.join(workdir, 'evaluation')
     files = ', '.join(sorted(os.listdir(out))) if os.path.isdir(out) else ''
     return '\n'.join([console.evaluation_table(summary, list(epsilons), certificates),

@@ -93,3 +93,13 @@ def test_evaluator_settings_for_one_evaluation_are_checked_and_leave_the_config_
         evaluate.with_evaluator_settings(config, ['steps=7'])
     with pytest.raises(ValueError, match='--eval_setting'):
         evaluate.with_evaluator_settings(config, ["cw_l2.steps='many'"])
+
+
+def test_a_model_without_a_float32_analysis_shows_its_exact_certificates(trained_workdir,
+                                                                          capsys):
+    epsilons = run_files.load_config(trained_workdir).evaluation.epsilons
+    summary = {f'certified_exact_pairwise@{eps:g}': 0.625 for eps in epsilons}
+    reports.after_evaluation(trained_workdir, {'clean_accuracy': 0.75, **summary})
+    out = capsys.readouterr().out
+    assert 'certified (pairwise, exact arithmetic)' in out
+    assert out.count('0.6250') == len(epsilons)
