@@ -95,9 +95,8 @@ def _converged_state(model, tx, images):
     steps' loss (the trainer sees that in its first epoch only).
     """
     state = train.create_train_state(model, tx, jax.random.key(0), images.shape[1:])
-    # The vectors follow the kernels only: a few images' forward passes converge them as well.
     variables = converge(model, {'params': state.params, **state.model_state},
-                         data.to_float(images[:8]), steps=200)
+                         data.to_float(images), steps=200)
     return state.replace(model_state={**state.model_state, 'lipschitz': variables['lipschitz']})
 
 
