@@ -138,11 +138,11 @@ def cw_seconds(config, shape: tuple[int, ...], examples: int, steps: int, repeat
     return median_seconds(lambda: attacks.cw_l2_min_norms(logits, images, labels, cw), repeats)
 
 
-def measure(small: bool, repeats: int) -> list[dict]:
-    """Every row of the table: name, size, median seconds, images per second."""
-    mnist, svhn = (28, 28, 1), (32, 32, 3)
-    examples = 2000 if small else 60_000
-    test_examples = 500 if small else 10_000
+GROUPS = ('mnist', 'colour', 'wrn', 'evaluation')
+
+
+def measure(small: bool, repeats: int, groups: tuple[str, ...] = GROUPS) -> list[dict]:
+    """The rows of ``groups`` (all by default): name, size, median seconds, images per second."""
     rows = []
 
     def row(name: str, size: str, seconds: float, images: int) -> None:
@@ -151,6 +151,20 @@ def measure(small: bool, repeats: int) -> list[dict]:
         print(f'{name}: {seconds:.4g} s ({images / seconds:,.0f} images/s)', flush=True)
 
     recipes = (('default', lambda config: config), ('paper recipe', configs.paper_recipe))
+    if 'mnist' in groups:
+        mnist_rows(row, recipes, small, repeats)
+    if 'colour' in groups:
+        colour_rows(row, recipes, small, repeats)
+    if 'wrn' in groups:
+        wrn_rows(row, small, repeats)
+    if 'evaluation' in groups:
+        evaluation_rows(row, small, repeats)
+    return rows
+
+
+def mnist_rows(row: Callable, recipes: tuple, small: bool, repeats: int) -> None:
+    """The paper MLP's and the 4C3F's epochs, default and paper recipe."""
+    mnist, examples = (28, 28, 1), 2000 if small else 60_000
     for label, recipe in recipes:
         row(f'paper MLP epoch, {label}', f'{examples} images, batch 100',
             epoch_seconds(recipe(experiment('mnist_lc')), mnist, examples, repeats), examples)
@@ -159,19 +173,32 @@ def measure(small: bool, repeats: int) -> list[dict]:
         cnn = recipe(experiment('mnist_certified_cnn'))
         row(f'4C3F epoch, {label}', f'{cnn_examples} images, batch {cnn.batch_size}',
             epoch_seconds(cnn, mnist, cnn_examples, repeats), cnn_examples)
+
+
+def colour_rows(row: Callable, recipes: tuple, small: bool, repeats: int) -> None:
+    """The colour models' train steps (``COLOUR_MODELS``)."""
     colour_batch = 16 if small else 256
     for variant, name, with_estimator in COLOUR_MODELS:
         for label, recipe in recipes if with_estimator else recipes[:1]:
             config = recipe(experiment('cifar10_certified', variant + (',short' if small else '')))
             config.batch_size = colour_batch
             row(f'{name} step, {label}', f'batch {colour_batch}, 32x32x3',
-                step_seconds(config, svhn, 2, repeats), colour_batch)
+                step_seconds(config, (32, 32, 3), 2, repeats), colour_batch)
+
+
+def wrn_rows(row: Callable, small: bool, repeats: int) -> None:
+    """The WRN train step, plain and LC-LMT."""
     for method, name in (('plain', 'svhn_plain'), ('lc_lmt', 'svhn_lc')):
         wrn = experiment(name, 'smoke' if small else '')
         wrn.batch_size = 16 if small else 128
         row(f'WRN-{wrn.wrn.depth}-{wrn.wrn.width} step, {method}',
-            f'batch {wrn.batch_size}, 32x32x3', step_seconds(wrn, svhn, 2, repeats),
+            f'batch {wrn.batch_size}, 32x32x3', step_seconds(wrn, (32, 32, 3), 2, repeats),
             wrn.batch_size)
+
+
+def evaluation_rows(row: Callable, small: bool, repeats: int) -> None:
+    """CW-L2 and sound certification."""
+    mnist, test_examples = (28, 28, 1), 500 if small else 10_000
     mlp = experiment('mnist_lc')
     steps = 10 if small else 100
     row('CW-L2, paper MLP', f'{test_examples} images, {steps} steps x 5 rounds',
@@ -181,7 +208,6 @@ def measure(small: bool, repeats: int) -> list[dict]:
     row('sound certification, 4C3F', f'{test_examples} images',
         certification_seconds(experiment('mnist_certified_cnn'), mnist, test_examples, repeats),
         test_examples)
-    return rows
 
 
 def table(rows: list[dict]) -> str:
@@ -197,12 +223,18 @@ def main() -> None:
     parser.add_argument('--small', action='store_true', help='CPU-sized smoke run')
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--out', help='also write the rows as JSON here')
+    parser.add_argument('--groups', default=','.join(GROUPS),
+                        help=f'comma-separated subset of {",".join(GROUPS)}')
     args = parser.parse_args()
     device = jax.devices()[0]
     print(f'jax {jax.__version__}, {jax.device_count()} x {device.platform} '
           f'({getattr(device, "device_kind", "")})', flush=True)
     started = time.perf_counter()
-    rows = measure(args.small, args.repeats)
+    groups = tuple(args.groups.split(','))
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        parser.error(f'unknown --groups {",".join(unknown)}; choose from {",".join(GROUPS)}')
+    rows = measure(args.small, args.repeats, groups)
     if args.out:
         with open(args.out, 'w') as f:
             json.dump({'device': str(device.device_kind), 'rows': rows}, f, indent=2)
