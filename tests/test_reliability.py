@@ -34,7 +34,7 @@ TIMEOUT_S = 180
 
 
 def _env():
-    return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+    return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', PYTHONFAULTHANDLER='1')
 
 
 def _launch(*args, timeout=TIMEOUT_S):
@@ -55,6 +55,19 @@ def _wait_for(predicate, process, log_path, what):
         if process.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f'never saw {what}:\n' + open(log_path).read()[-3000:])
         time.sleep(0.05)
+
+
+def _interrupted(process, log_path, timeout=180):
+    """Sends Ctrl-C and returns the exit status. A run still alive after ``timeout`` s (a hang,
+    not a slow machine) is aborted so that faulthandler writes every thread's stack to the log,
+    and the test fails with it."""
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        process.wait(timeout=30)
+        pytest.fail('Ctrl-C did not end the run:\n' + open(log_path).read()[-6000:])
 
 
 def _stop(process):
@@ -256,8 +269,7 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_in_one_line(tmp_path):
         _one_error_line(second, f'{workdir} is in use by process {first.pid} on host '
                                 f'{socket.gethostname()} (started {holder["started"]})')
         assert first.poll() is None  # the first run goes on
-        first.send_signal(signal.SIGINT)
-        assert first.wait(timeout=60) == 1
+        assert _interrupted(first, log_path) == 1
     finally:
         _stop(first)
     assert not os.path.exists(lock)  # released on Ctrl-C too
@@ -505,8 +517,7 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
     try:
         _wait_for(lambda: len(checkpoints.saved_epochs(checkpoints.checkpoint_directory(
             workdir))) >= 2, process, log_path, 'two checkpoints')
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 1
+        assert _interrupted(process, log_path) == 1
     finally:
         _stop(process)
     lines = [line for line in open(log_path).read().splitlines()

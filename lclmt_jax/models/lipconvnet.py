@@ -85,20 +85,15 @@ class LipConvBody(nn.Module):
 
 
 @MODELS.register('lipconvnet')
-class LipConvNet(nn.Module):
-    """``LipConvBody`` (submodule ``'body'``) and a dense head (``lipschitz_head``).
+class LipConvNet(LipConvBody):
+    """``LipConvBody`` (submodule ``'body'``, whose settings it takes) and a dense head
+    (``lipschitz_head``).
 
     Settings: ``layer`` 'aol' | 'sll'; ``width`` (even) the first block's channels, doubled by
     every downsampling; ``blocks``; ``layers_per_block``; ``kernel_size`` (k×k, odd, so 'SAME'
     padding is centred); ``activation`` (an ``ACTIVATIONS`` name, MinMax by default).
     """
 
-    layer: str = 'aol'
-    width: int = 16
-    blocks: int = 3
-    layers_per_block: int = 2
-    kernel_size: int = 3
-    activation: str = 'minmax'
     num_classes: int = 10
     estimator: bounds.Estimator = bounds.ONE_VECTOR
 

@@ -7,21 +7,13 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from lclmt_jax import bounds
+from lclmt_jax import bounds, models
 from lclmt_jax.activations import ACTIVATIONS
-from lclmt_jax.models import (
-    INITIALIZERS,
-    MODELS,
-    ModelOutput,
-    check_widths,
-    dense_stack,
-    lipschitz_head,
-)
 
 Array = jax.Array
 
 
-@MODELS.register('mlp')
+@models.MODELS.register('mlp')
 class MLP(nn.Module):
     """Flatten, ``hidden_sizes`` dense layers each followed by ``activation``, dense head.
 
@@ -37,17 +29,18 @@ class MLP(nn.Module):
 
     def __post_init__(self):
         ACTIVATIONS.get(self.activation, 'activation')
-        INITIALIZERS.get(self.weight_init, 'weight_init')
-        check_widths(self.hidden_sizes, 'mlp.hidden_sizes')
+        models.INITIALIZERS.get(self.weight_init, 'weight_init')
+        models.check_widths(self.hidden_sizes, 'mlp.hidden_sizes')
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: Array, *, train: bool = False, sound: bool = False) -> ModelOutput:
-        activation, init = ACTIVATIONS.get(self.activation), INITIALIZERS.get(self.weight_init)
+    def __call__(self, x: Array, *, train: bool = False, sound: bool = False) -> models.ModelOutput:
+        activation = ACTIVATIONS.get(self.activation)
+        init = models.INITIALIZERS.get(self.weight_init)
         h = x.reshape((x.shape[0], -1))
         body_lipschitz = 1.0
-        h, body_lipschitz = dense_stack(h, self.hidden_sizes, activation, body_lipschitz,
-                                        train=train, sound=sound, estimator=self.estimator,
-                                        kernel_init=init)
-        return lipschitz_head(h, body_lipschitz, self.num_classes, train=train, sound=sound,
-                              estimator=self.estimator, kernel_init=init)
+        h, body_lipschitz = models.dense_stack(h, self.hidden_sizes, activation, body_lipschitz,
+                                               train=train, sound=sound,
+                                               estimator=self.estimator, kernel_init=init)
+        return models.lipschitz_head(h, body_lipschitz, self.num_classes, train=train,
+                                     sound=sound, estimator=self.estimator, kernel_init=init)
