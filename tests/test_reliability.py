@@ -57,19 +57,6 @@ def _wait_for(predicate, process, log_path, what):
         time.sleep(0.05)
 
 
-def _completed_saves(workdir):
-    """Checkpoints whose manifest is written: saves that have finished."""
-    root = checkpoints.checkpoint_directory(workdir)
-    return [epoch for epoch in checkpoints.saved_epochs(root) if os.path.exists(
-        os.path.join(checkpoints.step_directory(root, epoch), checkpoints.MANIFEST))]
-
-
-# Between saves: a Ctrl-C that lands inside orbax's save can hang its finalize thread (an
-# asyncio loop waiting in select; README, "When things go wrong"), so these runs checkpoint every
-# 50 epochs and are interrupted right after a save has finished.
-BETWEEN_SAVES = '--config.checkpoint_every_epochs=50'
-
-
 def _interrupted(process, log_path, timeout=180):
     """Sends Ctrl-C and returns the exit status. A run still alive after ``timeout`` s (a hang,
     not a slow machine) is aborted so that faulthandler writes every thread's stack to the log,
@@ -272,18 +259,16 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_in_one_line(tmp_path):
     workdir, log_path = str(tmp_path / 'run'), str(tmp_path / 'first.log')
     lock = os.path.join(workdir, workdir_lock.LOCK_FILE)
     first = _start(log_path, EMBEDDED, f'--workdir={workdir}', '--config.mlp.hidden_sizes=(32,)',
-                   '--config.num_epochs=100000', BETWEEN_SAVES)
+                   '--config.num_epochs=100000', '--config.checkpoint_every_epochs=2')
     try:
-        _wait_for(lambda: _completed_saves(workdir), first, log_path, 'a first checkpoint')
+        _wait_for(lambda: checkpoints.saved_epochs(checkpoints.checkpoint_directory(workdir)),
+                  first, log_path, 'a first checkpoint')
         holder = json.load(open(lock))
         assert holder['pid'] == first.pid and holder['host'] == socket.gethostname()
         second = _launch(EMBEDDED, f'--workdir={workdir}', *SMALL, '--config.num_epochs=3')
         _one_error_line(second, f'{workdir} is in use by process {first.pid} on host '
                                 f'{socket.gethostname()} (started {holder["started"]})')
         assert first.poll() is None  # the first run goes on
-        saves = len(_completed_saves(workdir))
-        _wait_for(lambda: len(_completed_saves(workdir)) > saves, first, log_path,
-                  'the next checkpoint')
         assert _interrupted(first, log_path) == 1
     finally:
         _stop(first)
@@ -527,12 +512,11 @@ def test_a_full_disk_is_one_line_with_the_path_and_the_space_needed(tmp_path):
 
 def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
     workdir, log_path = str(tmp_path / 'run'), str(tmp_path / 'run.log')
-    command = [EMBEDDED, f'--workdir={workdir}', '--config.mlp.hidden_sizes=(32,)',
-               BETWEEN_SAVES, '--config.num_epochs=100000']
+    command = [EMBEDDED, f'--workdir={workdir}', *SMALL, '--config.num_epochs=100000']
     process = _start(log_path, *command)
     try:
-        _wait_for(lambda: len(_completed_saves(workdir)) >= 2, process, log_path,
-                  'two checkpoints')
+        _wait_for(lambda: len(checkpoints.saved_epochs(checkpoints.checkpoint_directory(
+            workdir))) >= 2, process, log_path, 'two checkpoints')
         assert _interrupted(process, log_path) == 1
     finally:
         _stop(process)
