@@ -42,11 +42,19 @@ def _launch(*args, timeout=TIMEOUT_S):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _default_ctrl_c():
+    """In the child: Ctrl-C as a terminal delivers it. A shell without job control starts
+    background commands with SIGINT ignored, and Python keeps an ignored SIGINT ignored, so a
+    test run from such a job would otherwise send Ctrl-C to a run that cannot hear it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(log_path, *args):
     """A background ``launch.py``, its output in ``log_path`` (a pipe could fill and block it)."""
     with open(log_path, 'w') as log:
         return subprocess.Popen([sys.executable, 'launch.py', *args], cwd=REPO, env=_env(),
-                                stdout=log, stderr=subprocess.STDOUT, text=True)
+                                stdout=log, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=_default_ctrl_c)
 
 
 def _wait_for(predicate, process, log_path, what):
