@@ -239,12 +239,16 @@ def test_the_block_follows_when_the_top_direction_switches():
     assert 1.98 * (1 - 1e-3) <= float(sigma) <= 1.98 * (1 + 1e-5)
 
 
-@pytest.mark.parametrize('shape', [(100, 10), (10, 100), (12, 12)])
-def test_the_gram_norm_of_a_thin_layer_is_exact_and_differentiable(shape):
-    kernel = jax.random.normal(jax.random.key(2), shape)
+@pytest.mark.parametrize('norm,shape,seed', [
+    *((bounds.dense_gram_norm, shape, 2) for shape in ((100, 10), (10, 100), (12, 12))),
+    *((bounds.dense_exact_norm, shape, 1) for shape in ((40, 7), (7, 40), (12, 12)))])
+def test_stateless_norms_and_their_gradients_match_the_svd(norm, shape, seed):
+    """The norm of a thin layer's small Gram matrix (squarings) and the exact eigh norm: both
+    |K|_2 and differentiable, with the top singular pair's outer product as the gradient."""
+    kernel = jax.random.normal(jax.random.key(seed), shape)
     u_svd, s, vt = np.linalg.svd(np.asarray(kernel, np.float64))
-    np.testing.assert_allclose(float(bounds.dense_gram_norm(kernel)), s[0], rtol=1e-5)
-    grad = jax.grad(bounds.dense_gram_norm)(kernel)
+    np.testing.assert_allclose(float(norm(kernel)), s[0], rtol=1e-5)
+    grad = jax.grad(norm)(kernel)
     chex.assert_trees_all_close(grad, jnp.asarray(np.outer(u_svd[:, 0], vt[0]), jnp.float32),
                                 atol=1e-4)
 
@@ -257,11 +261,3 @@ def test_a_zero_kernel_keeps_the_block():
     assert float(bounds.dense_gram_norm(jnp.zeros((12, 5)))) == 0.0
 
 
-@pytest.mark.parametrize('shape', [(40, 7), (7, 40), (12, 12)])
-def test_exact_norm_and_its_gradient_match_the_svd(shape):
-    kernel = jax.random.normal(jax.random.key(1), shape)
-    u_svd, s, vt = np.linalg.svd(np.asarray(kernel, np.float64))
-    np.testing.assert_allclose(float(bounds.dense_exact_norm(kernel)), s[0], rtol=1e-5)
-    grad = jax.grad(bounds.dense_exact_norm)(kernel)
-    chex.assert_trees_all_close(grad, jnp.asarray(np.outer(u_svd[:, 0], vt[0]), jnp.float32),
-                                atol=1e-4)
