@@ -60,10 +60,16 @@ def small_wrn():
     return model, variables, x
 
 
-def test_factors_compose_to_the_network(looseness, small_wrn):
+@pytest.fixture(scope='module')
+def perturbed_chain(looseness, small_wrn):
+    """The small WRN in a trained-like state (``_perturbed``), its factor chain, test points."""
     model, variables, x = small_wrn
     trained = _perturbed(variables)
-    chain = looseness.factors(model, trained)
+    return model, trained, looseness.factors(model, trained), x
+
+
+def test_factors_compose_to_the_network(looseness, perturbed_chain):
+    model, trained, chain, x = perturbed_chain
     assert [f.name for f in chain] == ['stem', 'group1_block1', 'group2_block1',
                                        'group3_block1', 'final_bn_relu', 'pool_head']
     looseness.check_factors(model, trained, chain, x)  # raises on any mismatch
@@ -72,10 +78,8 @@ def test_factors_compose_to_the_network(looseness, small_wrn):
         looseness.check_factors(model, trained, chain[:1] + chain[2:], x)
 
 
-def test_block_layer_bounds_match_the_model(looseness, small_wrn):
-    model, variables, x = small_wrn
-    trained = _perturbed(variables)
-    chain = looseness.factors(model, trained)
+def test_block_layer_bounds_match_the_model(looseness, perturbed_chain):
+    model, trained, chain, x = perturbed_chain
     activations, sound = looseness.run_factors(chain, x, sound=True)
     for k, factor in enumerate(chain):
         if factor.block is None:
@@ -86,10 +90,8 @@ def test_block_layer_bounds_match_the_model(looseness, small_wrn):
         assert layers['branch_folded'] <= layers['branch_product'] * (1 + 1e-9)
 
 
-def test_local_norms_match_the_exact_jacobian(looseness, small_wrn):
-    model, variables, x = small_wrn
-    trained = _perturbed(variables)
-    chain = looseness.factors(model, trained)
+def test_local_norms_match_the_exact_jacobian(looseness, perturbed_chain):
+    model, trained, chain, x = perturbed_chain
     labels = np.zeros(len(x), int)
 
     def logits_fn(v, z):
@@ -111,10 +113,8 @@ def test_local_norms_match_the_exact_jacobian(looseness, small_wrn):
     assert exact['logits'].max() <= sound
 
 
-def test_every_local_norm_is_below_its_sound_bound(looseness, small_wrn):
-    model, variables, x = small_wrn
-    trained = _perturbed(variables)
-    chain = looseness.factors(model, trained)
+def test_every_local_norm_is_below_its_sound_bound(looseness, perturbed_chain):
+    model, trained, chain, x = perturbed_chain
     activations, sound = looseness.run_factors(chain, x, sound=True)
     for k, factor in enumerate(chain):
         local = looseness.local_norms(looseness.factor_fn(factor), factor.variables,
