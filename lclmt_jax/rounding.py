@@ -374,11 +374,21 @@ def _conv64(a: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
 
 class Conv(Primitive):
     """The conv of ``LipschitzConv`` (HWIO kernel, stride, zero padding) on inputs of
-    ``input_shape`` (H, W, C_in); Lipschitz ``bounds.conv_upper_bound`` on that shape."""
+    ``input_shape`` (H, W, C_in); Lipschitz ``bounds.conv_upper_bound`` on that shape.
+
+    ``kernel_error``: for a kernel the network computes at run time from its parameters (a
+    LiResNet block's I + s·K·diag(gamma)), a function of the ``Arithmetic`` returning an
+    entrywise bound D >= |computed kernel - kernel|. The computed conv then also differs by
+    conv_{K^ - K}(x^), entrywise at most conv_D(|x^|): L2 norm <= |conv_D(|a|)|_2 + |conv_D|·d,
+    added to (4), whose terms use |K| + D (the computed kernel's magnitudes).
+    """
 
     def __init__(self, kernel: Any, bias: Any, input_shape: Sequence[int],
-                 strides: int | Sequence[int] = 1, padding: bounds.ConvPadding = 'SAME'):
+                 strides: int | Sequence[int] = 1, padding: bounds.ConvPadding = 'SAME',
+                 kernel_error: Callable[[Arithmetic], np.ndarray] | None = None):
         self.kernel = _f64(kernel)
+        self.kernel_errors = {} if kernel_error is None else {
+            arithmetic.name: _f64(kernel_error(arithmetic)) for arithmetic in (FLOAT32, FLOAT64)}
         self.strides = bounds.pair(strides, 'strides')
         hw = tuple(input_shape[:2])
         self.pads = bounds.conv_padding(padding, hw, self.kernel.shape[:2], self.strides)
@@ -386,15 +396,20 @@ class Conv(Primitive):
                        zip(hw, self.pads, self.kernel.shape[:2], self.strides, strict=True))
         self.output_shape = (*out_hw, self.kernel.shape[3])
         self.bias = None if bias is None else _f64(bias)
-        self.abs_kernel = np.abs(self.kernel)
-        shape = tuple(input_shape)
-        self.lipschitz = bounds.conv_upper_bound(self.kernel, shape, self.strides, self.pads)
+        # |K| + D: magnitudes of the kernel as computed (D of float32 covers float64's)
+        self.abs_kernel = np.abs(self.kernel) + self.kernel_errors.get('float32', 0.0)
+        self.shape = tuple(input_shape)
+        self.lipschitz = bounds.conv_upper_bound(self.kernel, self.shape, self.strides,
+                                                 self.pads)
+        self.error_norms = {name: self._norm(error) for name, error in self.kernel_errors.items()}
         bias_norm = 0.0 if self.bias is None else float(np.linalg.norm(self.bias))
         self.constants = LayerConstants(
             int(np.prod(self.kernel.shape[:3])), int(np.prod(self.output_shape)),
-            bounds.conv_upper_bound(self.abs_kernel, shape, self.strides, self.pads),
-            float(np.sqrt(out_hw[0] * out_hw[1])) * bias_norm * _UP,
+            self._norm(self.abs_kernel), float(np.sqrt(out_hw[0] * out_hw[1])) * bias_norm * _UP,
             float(self.abs_kernel.sum((0, 1, 2)).max()) * _UP)
+
+    def _norm(self, kernel: np.ndarray) -> float:
+        return bounds.conv_upper_bound(kernel, self.shape, self.strides, self.pads)
 
     def forward(self, a: np.ndarray) -> np.ndarray:
         y = _conv64(a, self.kernel, self.strides, self.pads)
@@ -402,7 +417,13 @@ class Conv(Primitive):
 
     def rounding(self, a: np.ndarray, spread: Affine, arithmetic: Arithmetic) -> Bound:
         products = norms(_conv64(np.abs(a), self.abs_kernel, self.strides, self.pads))
-        return affine_layer_bound(self.constants, products, norms(a), spread, arithmetic)
+        bound = affine_layer_bound(self.constants, products, norms(a), spread, arithmetic)
+        error = self.kernel_errors.get(arithmetic.name)
+        if error is None:
+            return bound
+        perturbation = (norms(_conv64(np.abs(a), error, self.strides, self.pads))
+                        + self.error_norms[arithmetic.name] * spread)
+        return Bound(bound.rounding + perturbation, bound.magnitude)
 
 
 class BatchNorm(Primitive):
@@ -446,6 +467,26 @@ class Exact(Primitive):
 
     def rounding(self, a: np.ndarray, spread: Affine, arithmetic: Arithmetic) -> Bound:
         return Bound(Affine.zeros(len(a)), Affine.zeros(len(a)))
+
+
+class Shift(Primitive):
+    """x -> x - offset (a scalar exact in float32, e.g. LiResNet's 1/2): Lipschitz 1, one
+    rounding per element, fl(x^ - c) = (x^ - c)(1 + d) + h:
+    delta <= u·(|a - c|_2 + d) + 2·tau·sqrt(size)."""
+
+    def __init__(self, offset: float):
+        if float(np.float32(offset)) != offset:
+            raise NotAnalysable(f'a shift by {offset!r} is not exact in float32')
+        self.offset = float(offset)
+
+    def forward(self, a: np.ndarray) -> np.ndarray:
+        return a - self.offset
+
+    def rounding(self, a: np.ndarray, spread: Affine, arithmetic: Arithmetic) -> Bound:
+        values = norms(a - self.offset) + spread
+        underflow = 2 * arithmetic.tiny * np.sqrt(a[0].size)
+        return Bound(arithmetic.unit * values + underflow,
+                     (1 + arithmetic.unit) * values + underflow)
 
 
 class Flatten(Exact):
@@ -558,11 +599,52 @@ class Allowance(NamedTuple):
                          join([p.limit for p in parts]), parts[0].distances)
 
 
-class Head:
-    """The dense head f = h @ kernel + bias that ends every network (``lipschitz_head``)."""
+def normalisation_error(kernel: Any, arithmetic: Arithmetic) -> np.ndarray:
+    """Per column c of ``kernel``, kappa_c >= |computed w_c/|w_c| - exact|/|exact| entrywise
+    (besides an absolute 2·tau per entry), for the normalisation ``w / sqrt(sum(w·w))`` of
+    ``NormalizedHead`` (LLN) computed in ``arithmetic``.
 
-    def __init__(self, kernel: Any, bias: Any = None):
+    The sum S of n squares (non-negative terms) is computed within S·gamma_n + 4(n + 1)·tau
+    (A1, A2); sqrt and the division add one rounding each, so the computed norm is
+    N·(1 + nu) with sqrt(1 - gamma_n - 4(n + 1)·tau/S)·(1 - u) <= 1 + nu <=
+    sqrt(1 + gamma_n + 4(n + 1)·tau/S)·(1 + u), and each entry w_i/N·(1 + d)/(1 + nu).
+    A column whose sum of squares may underflow to 0 or overflow (A4) is refused.
+    """
+    w = _f64(kernel)
+    n = w.shape[0]
+    squares = np.sum(np.square(w), axis=0)
+    u, g = arithmetic.unit, gamma(n, arithmetic)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        underflow = 4.0 * (n + 1) * arithmetic.tiny / squares
+        lower = np.sqrt(np.maximum(1.0 - g - underflow, 0.0)) * (1 - u)
+        upper = np.sqrt(1.0 + g + underflow) * (1 + u)
+        kappa = np.maximum((1 + u) / lower - 1, 1 - (1 - u) / upper)
+    if not np.all(np.isfinite(kappa)):
+        raise NotAnalysable('a normalised head column is too small for a rounding bound')
+    if np.any((1 + g) * squares + underflow * squares >= arithmetic.largest):
+        raise NotAnalysable(f'a normalised head column is too large: its squared norm overflows '
+                            f'{arithmetic.name}')
+    return kappa * _UP
+
+
+class Head:
+    """The dense head f = h @ kernel + bias that ends every network (``lipschitz_head``).
+
+    ``normalized``: LLN (``models.NormalizedHead``), f = h @ (w_c/|w_c|)_c + bias with the
+    normalisation computed by the network: ``kernel`` is the stored one, the analysis uses its
+    float64 normalisation and adds each arithmetic's ``normalisation_error`` kappa_c to logit c,
+    |h^·(w^_c computed - w^_c)| <= kappa_c·|h^|·|w^_c| + 2·tau·sqrt(n)·|h^|_2.
+    """
+
+    def __init__(self, kernel: Any, bias: Any = None, normalized: bool = False):
         self.kernel = _f64(kernel)
+        self.kappa = {arithmetic.name: np.zeros(self.kernel.shape[1])
+                      for arithmetic in (FLOAT32, FLOAT64)}
+        if normalized:
+            self.kappa = {arithmetic.name: normalisation_error(self.kernel, arithmetic)
+                          for arithmetic in (FLOAT32, FLOAT64)}
+            self.kernel = self.kernel / np.linalg.norm(self.kernel, axis=0, keepdims=True)
+        self.normalized = normalized
         self.bias = np.zeros(self.kernel.shape[1]) if bias is None else _f64(bias)
         self.abs_kernel = np.abs(self.kernel)
         self.column_norms = np.linalg.norm(self.kernel, axis=0) * _UP
@@ -575,18 +657,24 @@ class Head:
         a = state.center
         logits = a @ self.kernel + self.bias
         fan_in = self.kernel.shape[0]
-        products = (np.abs(a) @ self.abs_kernel) * _UP + np.abs(self.bias)
+        weighted = (np.abs(a) @ self.abs_kernel) * _UP  # |a|·|w_c|
         inputs = norms(a)[:, None]
         limit = state.limit
         rounding = {}
         for arithmetic, spread in ((FLOAT32, state.spread[:, None]),
                                    (FLOAT64, Affine.zeros(len(a))[:, None])):
             g = gamma(fan_in + 1, arithmetic)
-            terms = self.column_norms * spread + products
+            features = self.column_norms * spread + weighted  # >= |h^|·|w_c| on the ball
+            terms = features + np.abs(self.bias)
             underflow = arithmetic.tiny * (8.0 * (fan_in + 1) * (1 + g) + self.column_l1
                                            + np.sqrt(fan_in) * (spread + inputs))
-            rounding[arithmetic.name] = g * terms + underflow
-            limit = np.minimum(limit, overflow_limit((1 + g) * terms + underflow,
+            if self.normalized:
+                underflow = underflow + 2 * arithmetic.tiny * np.sqrt(fan_in) * (spread + inputs)
+            kappa = self.kappa[arithmetic.name]
+            # (3) on the computed columns (magnitudes up to 1 + kappa), then their error
+            rounding[arithmetic.name] = g * (terms + kappa * features) + kappa * features \
+                + underflow
+            limit = np.minimum(limit, overflow_limit((1 + g) * (1 + kappa) * terms + underflow,
                                                      arithmetic).min(axis=1))
         reference = rounding['float64'].const
         return Allowance(logits, state.error + state.reference,
@@ -699,7 +787,8 @@ def analyse(net: Network, images: np.ndarray, batch_size: int = 256) -> Allowanc
 # ----------------------------------------------------------------------------- the models
 
 
-def _dense_layers(params: Parameters, count: int, activation: str) -> list[Step]:
+def dense_layers(params: Parameters, count: int, activation: str) -> list[Step]:
+    """``models.dense_stack``'s layers ``LipschitzDense_0`` ... each followed by ``activation``."""
     steps: list[Step] = []
     for index in range(count):
         layer = params[f'LipschitzDense_{index}']
@@ -715,7 +804,7 @@ def _head(params: Parameters) -> Head:
 def _mlp(model: Any, variables: Parameters, input_shape: tuple[int, ...]) -> Network:
     """``models.mlp.MLP``: flatten, dense + activation per hidden layer, head."""
     params = variables['params']
-    steps = [Flatten(), *_dense_layers(params, len(model.hidden_sizes), model.activation)]
+    steps = [Flatten(), *dense_layers(params, len(model.hidden_sizes), model.activation)]
     return Network(tuple(steps), _head(params))
 
 
@@ -730,7 +819,7 @@ def _cnn(model: Any, variables: Parameters, input_shape: tuple[int, ...]) -> Net
         conv = Conv(layer['kernel'], layer['bias'], shape, stride, 'SAME')
         steps += [conv, Activation(model.activation)]
         shape = conv.output_shape
-    steps += [Flatten(), *_dense_layers(params, len(model.dense), model.activation)]
+    steps += [Flatten(), *dense_layers(params, len(model.dense), model.activation)]
     return Network(tuple(steps), _head(params))
 
 

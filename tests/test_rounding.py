@@ -12,7 +12,9 @@ import pytest
 import lclmt_jax
 from lclmt_jax import certify, data, layers, margins, rounding
 from lclmt_jax.evaluators import Context, run_evaluator
+from lclmt_jax.models import NormalizedHead, liresnet
 from lclmt_jax.models.cnn import CNN
+from lclmt_jax.models.liresnet import LiResNet
 from lclmt_jax.models.mlp import MLP
 from lclmt_jax.models.wrn import WideResNet
 
@@ -121,6 +123,44 @@ def test_batch_norm_and_pooling_bounds_hold_against_measured_float32_errors(scal
     _check_step(pool, _highest(lambda z: layers.global_average_pool(z)[0]), centers, points)
 
 
+@pytest.mark.parametrize('magnitude', [1.0, 1e-20, 1e-39])
+def test_a_liresnet_block_kernel_computed_in_float32_is_within_its_error_bound(magnitude):
+    """The kernel I + s·K·diag(gamma) as the network computes it (float32, jitted) against the
+    float64 one, entrywise within ``block_kernel_error`` (subnormal products included)."""
+    rng = np.random.default_rng(6)
+    kernel = (rng.standard_normal((3, 3, 5, 5)) * magnitude).astype(np.float32)
+    scale = rng.uniform(0.3, 3, 5).astype(np.float32)
+    s = liresnet.block_scale(3)  # not exact in float32
+    computed = np.asarray(jax.jit(liresnet.block_kernel, static_argnums=2)(kernel, scale, s),
+                          np.float64)
+    exact = liresnet.block_kernel(kernel.astype(np.float64), scale.astype(np.float64), s)
+    error = liresnet.block_kernel_error(kernel, scale, s, F32)
+    assert np.all(np.abs(computed - exact) <= error) and np.abs(computed - exact).max() > 0
+
+
+@pytest.mark.parametrize('magnitude', [1.0, 1e15, 1e-17])
+def test_lln_columns_normalised_in_float32_are_within_their_error_bound(magnitude):
+    """The unit columns ``NormalizedHead`` applies in float32 against the float64 ones: within
+    kappa_c relative plus 2·tau per entry; a column whose squares underflow or overflow (its
+    float32 normalisation is 0/0 or x/inf) is refused."""
+    rng = np.random.default_rng(7)
+    kernel = (rng.standard_normal((300, 6)) * magnitude).astype(np.float32)
+    head = NormalizedHead(6)
+    variables = {'params': {'kernel': kernel, 'bias': np.zeros(6, np.float32)}}
+    computed = np.asarray(_highest(lambda x: head.apply(variables, x)[0])(
+        np.eye(300, dtype=np.float32)), np.float64)  # rows of I pick the applied columns
+    exact = kernel.astype(np.float64) / np.linalg.norm(kernel.astype(np.float64), axis=0)
+    kappa = rounding.normalisation_error(kernel, F32)
+    difference = np.abs(computed - exact)
+    assert np.all(difference <= kappa * np.abs(exact) + 2 * F32.tiny) and difference.max() > 0
+    if magnitude == 1.0:
+        assert kappa.max() < 1e-4  # gamma_300/2 + 2u: a tiny fraction of any margin
+    with pytest.raises(rounding.NotAnalysable, match='too small'):
+        rounding.normalisation_error(np.full((300, 1), 1e-25, np.float32), F32)
+    with pytest.raises(rounding.NotAnalysable, match='too large'):
+        rounding.normalisation_error(np.full((300, 1), 1e20, np.float32), F32)
+
+
 # ----------------------------------------------------------------------------- whole networks
 
 
@@ -130,6 +170,9 @@ def _network(kind):
     if kind == 'cnn':
         return CNN(convs=((4, 3, 1), (6, 4, 2)), dense=(16,), activation='relu',
                    num_classes=5), (8, 8, 2)
+    if kind == 'liresnet':  # 8x8 -> 4x4 (stem), 2 blocks, neck 2x2 /2 -> 2x2x6, dense, LLN
+        return LiResNet(depth=2, width=4, neck_features=6, neck_size=2, dense_features=8,
+                        num_classes=5), (8, 8, 3)
     return WideResNet(depth=10, width=1, num_classes=5), (8, 8, 3)
 
 
@@ -154,7 +197,7 @@ def _random_variables(model, shape, seed):
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-@pytest.mark.parametrize('kind', ['mlp', 'cnn', 'wrn'])
+@pytest.mark.parametrize('kind', ['mlp', 'cnn', 'wrn', 'liresnet'])
 def test_network_allowance_bounds_float32_logit_differences_on_the_ball(kind):
     """|(f32_t - f32_j)(z) - (f64_t - f64_j)(z)| <= E_tj(r) at x and at points z of the ball."""
     model, shape = _network(kind)

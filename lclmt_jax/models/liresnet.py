@@ -34,6 +34,7 @@ per update; a lower bound that steers training (the certificate uses only the so
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -41,7 +42,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from lclmt_jax import bounds
+from lclmt_jax import bounds, rounding
 from lclmt_jax.activations import ACTIVATIONS
 from lclmt_jax.layers import LipschitzConv
 from lclmt_jax.models import (
@@ -55,6 +56,13 @@ from lclmt_jax.models import (
 Array = jax.Array
 
 
+def _identity_tap(size: int, channels: int) -> np.ndarray:
+    """The HWIO kernel of the identity map: I at the centre tap of a size×size kernel."""
+    identity = np.zeros((size, size, channels, channels), np.float32)
+    identity[size // 2, size // 2] = np.eye(channels, dtype=np.float32)
+    return identity
+
+
 def block_kernel(kernel: Any, scale: Any, residual_scale: float) -> Any:
     """K' = residual_scale·K·diag(scale) + I at the centre tap: the HWIO kernel of the block's
     linear map x -> x + conv_{residual_scale·K·diag(scale)}(x) (see the module docstring).
@@ -66,9 +74,30 @@ def block_kernel(kernel: Any, scale: Any, residual_scale: float) -> Any:
     if size % 2 == 0 or kernel.shape[1] != size or c_in != c_out:
         raise ValueError(f'a residual block needs a square odd kernel with C_in = C_out, got '
                          f'{kernel.shape}')
-    identity = np.zeros((size, size, c_in, c_out), np.float32)
-    identity[size // 2, size // 2] = np.eye(c_in, dtype=np.float32)
-    return residual_scale * (kernel * scale) + identity
+    return residual_scale * (kernel * scale) + _identity_tap(size, c_in)
+
+
+def block_scale(depth: int) -> float:
+    """s = depth^-1/2, the scale of every block's conv (the reference's choice)."""
+    return 1.0 / math.sqrt(max(depth, 1))
+
+
+def block_kernel_error(kernel: Any, scale: Any, residual_scale: float,
+                       arithmetic: rounding.Arithmetic) -> np.ndarray:
+    """Entrywise D >= |K'^ - K'|: ``block_kernel`` computed in ``arithmetic`` against exact.
+
+    The network computes fl(fl(s^·fl(K·gamma)) + I), s^ = s(1 + d0) the rounded scale: three
+    roundings of s·K·gamma, (1 + u)^3 - 1 relative, and underflow of the two products at most
+    2·tau·s^ + 2·tau; the identity is added to the centre tap's diagonal (adding 0 elsewhere is
+    exact), one more rounding there, u·|s^K^gamma^ + 1| <= u·((1 + u)^3·|s·K·gamma| + 1). Hence
+    D = ((1 + u)^4 - 1)·|s·K·gamma| + u·[centre diagonal] + 4·tau·(1 + s), rounded up.
+    """
+    kernel, scale = np.asarray(kernel, np.float64), np.asarray(scale, np.float64)
+    u = arithmetic.unit
+    scaled = np.abs(residual_scale * (kernel * scale))
+    identity = _identity_tap(kernel.shape[0], kernel.shape[2])
+    error = ((1 + u)**4 - 1) * scaled + u * identity + 4 * arithmetic.tiny * (1 + residual_scale)
+    return error * (1 + bounds.SOUND_SLACK)
 
 
 class LiResBlock(nn.Module):
@@ -169,9 +198,9 @@ class LiResNet(nn.Module):
             kernel_init=init, estimator=self.estimator, name='stem')(h, **kw)
         h, activation_bound = activation(h)
         body_lipschitz = bounds.chain(body_lipschitz, activation_bound)
-        residual_scale = 1.0 / math.sqrt(max(self.depth, 1))
         for index in range(self.depth):
-            h, block_bound = LiResBlock(self.block_kernel_size, residual_scale, self.estimator,
+            h, block_bound = LiResBlock(self.block_kernel_size, block_scale(self.depth),
+                                        self.estimator,
                                         name=f'block{index + 1}')(h, **kw)
             h, activation_bound = activation(h)
             body_lipschitz = bounds.chain(body_lipschitz, block_bound, activation_bound)
@@ -185,3 +214,35 @@ class LiResNet(nn.Module):
                                         estimator=self.estimator, kernel_init=init, **kw)
         return lipschitz_head(h, body_lipschitz, self.num_classes, estimator=self.estimator,
                               kernel_init=init, normalize=self.normalize_head, **kw)
+
+
+@rounding.ANALYSES.register('liresnet')
+def _rounding_analysis(model: LiResNet, variables: rounding.Parameters,
+                       input_shape: tuple[int, ...]) -> rounding.Network:
+    """The float32 rounding of a ``LiResNet`` (``rounding``): the shift, the stem, each block
+    as the one conv K' = I + s·K·diag(gamma) whose float32 kernel the network computes at run
+    time (``block_kernel_error``), the neck, the dense layer and the head, LLN normalisation
+    included (``rounding.normalisation_error``)."""
+    params = variables['params']
+    activation = rounding.Activation(model.activation)
+    steps: list[rounding.Step] = [rounding.Shift(0.5)] if model.center_input else []
+    stem = rounding.Conv(params['stem']['kernel'], params['stem']['bias'], input_shape,
+                         model.stem_stride, (model.stem_kernel - 1) // 2)
+    steps += [stem, activation]
+    shape, size, scale = stem.output_shape, model.block_kernel_size, block_scale(model.depth)
+    for index in range(model.depth):
+        block = params[f'block{index + 1}']
+        kernel, gamma = block['kernel'], block['scale']
+        merged = block_kernel(np.asarray(kernel, np.float64), np.asarray(gamma, np.float64),
+                              scale)
+        steps += [rounding.Conv(merged, block['bias'], shape, 1, size // 2,
+                                kernel_error=functools.partial(block_kernel_error, kernel,
+                                                               gamma, scale)),
+                  activation]
+    neck = rounding.Conv(params['neck']['kernel'], params['neck']['bias'], shape,
+                         model.neck_size, 'VALID')
+    steps += [neck, activation, rounding.Flatten(),
+              *rounding.dense_layers(params, 1, model.activation)]
+    head = rounding.Head(params['head']['kernel'], params['head']['bias'],
+                         normalized=model.normalize_head)
+    return rounding.Network(tuple(steps), head)
