@@ -72,6 +72,11 @@ The other steps
   per channel gamma_{P+1}·(1/P)·sum_i |x^_i| (+ underflow), hence
   delta <= gamma_{P+1}/P·| sum_i |x^_i| |_2 + 6·tau·sqrt(C).
 * A residual sum s + f: u·|s^ + f^| + 3·tau per element, plus each branch's own rounding.
+* A shift x - c by a float32 constant (``Shift``): u·|x^ - c|_2 + 2·tau·sqrt(size).
+* A kernel the network computes at run time (a LiResNet block's I + s·K·diag(gamma)): an
+  entrywise bound D on the computed kernel's error adds |conv_D(|x^|)|_2 (``Conv``).
+* A last-layer-normalised head (LLN): the computed columns w_c/|w_c| are within a relative
+  kappa_c of the exact ones (``normalisation_error``), added to each logit's rounding (``Head``).
 
 Propagation, and the ball
 -------------------------
@@ -119,7 +124,8 @@ those few float64 sums; ``certify`` rounds the margins and the radius down.
 
 Declaring a model's rounding (for new layers and models)
 -------------------------------------------------------
-A model is analysed by the function registered under its ``MODELS`` name in ``ANALYSES``:
+A model is analysed by the function registered under its ``MODELS`` name in ``ANALYSES``
+(``mlp``, ``cnn`` and ``wrn`` below; ``liresnet`` in ``models/liresnet.py``):
 ``(model, variables, input_shape) -> Network(steps, head)``, which re-walks the concrete
 network (the model's fields, ``variables`` a ``Parameters`` view of its 'params' and
 'batch_stats') as a sequence of steps. A model without one cannot be certified for float32
