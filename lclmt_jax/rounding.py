@@ -633,6 +633,39 @@ def normalisation_error(kernel: Any, arithmetic: Arithmetic) -> np.ndarray:
     return kappa * _UP
 
 
+def aol_kernel_error(kernel: Any, arithmetic: Arithmetic,
+                     epsilon: float = bounds.AOL_EPSILON) -> np.ndarray:
+    """Entrywise D >= |computed aol_kernel(K) - exact| for ``bounds.aol_kernel`` computed in
+    ``arithmetic`` (the rescaling that AOL layers recompute from K on every call).
+
+    G_Δ (``bounds.gram_kernel``) has inner products of m = k_h·k_w·C_out terms, so
+    |G^ - G| <= gamma_m·(the Gram of |K|) + underflow; r_i sums P = (2k_h - 1)(2k_w - 1)·C_in
+    of their absolute values, so |r^ - r| <= ((1 + gamma_P)(1 + gamma_m) - 1)·A_i + underflow,
+    A = ``bounds.gram_row_sums(|K|)`` >= r. Adding eps (itself rounded, u·eps) is one more
+    rounding: |s^ - (r + eps)| <= rho·(r + eps). rsqrt (A3) then gives
+    d^/d in [(1 + rho)^-1/2 (1 - e_rsqrt), (1 - rho)^-1/2 (1 + e_rsqrt)], and K·d^ one last
+    rounding: D = kappa_i·|K_aol| + 2·tau with kappa_i = (1 - rho_i)^-1/2 (1 + e_rsqrt)(1 + u) - 1.
+    """
+    w = _f64(kernel)
+    conv_kernel = w.reshape((1, 1, *w.shape)) if w.ndim == 2 else w
+    k_h, k_w, c_in, c_out = conv_kernel.shape
+    with jax.enable_x64(True):
+        rows = np.asarray(bounds.gram_row_sums(jnp.asarray(w)))
+        abs_rows = np.asarray(bounds.gram_row_sums(jnp.asarray(np.abs(w)))) * _UP
+        exact = np.asarray(bounds.aol_kernel(jnp.asarray(w), epsilon))
+    u = arithmetic.unit
+    g_products = gamma(k_h * k_w * c_out, arithmetic)
+    g_sums = gamma((2 * k_h - 1) * (2 * k_w - 1) * c_in, arithmetic)
+    terms = (2 * k_h - 1) * (2 * k_w - 1) * c_in * (k_h * k_w * c_out + 1)
+    gram_error = ((1 + g_sums) * (1 + g_products) - 1) * abs_rows + 8 * terms * arithmetic.tiny
+    denominator = rows + epsilon
+    rho = (gram_error + u * epsilon + u * (denominator + gram_error + u * epsilon)) / denominator
+    if np.any(rho >= 0.5):
+        raise NotAnalysable('an AOL kernel too small for a rounding bound of its rescaling')
+    kappa = (1 - rho)**-0.5 * (1 + arithmetic.rsqrt_error) * (1 + u) - 1
+    return (kappa[:, None] * np.abs(exact) + 2 * arithmetic.tiny) * _UP
+
+
 class Head:
     """The dense head f = h @ kernel + bias that ends every network (``lipschitz_head``).
 

@@ -319,15 +319,18 @@ def test_downsample_and_zero_channels_are_isometric_where_they_keep():
 
 
 def test_certified_radii_hold_against_attacks():
-    """No certified point of a tiny AOL network broken by CW-L2 or a gradient line search."""
+    """No float32-certified point of a tiny AOL network broken by CW-L2 or a gradient line
+    search."""
     model, variables = tiny_network('aol')
     images = np.random.default_rng(12).uniform(0.2, 0.8, size=(24, *TINY_INPUT))
     images = images.astype(np.float32)
     logits = certify.logits_float64(model, variables, images)
     labels = np.argmax(logits, axis=1)
-    radii = certify.certified_radii(logits, labels, certify.sound_bounds(model, variables,
-                                                                         TINY_INPUT))
-    assert (radii > 0).all()
+    sound = certify.sound_bounds(model, variables, TINY_INPUT)
+    exact = certify.certified_radii(logits, labels, sound)
+    allowance = certify.rounding_allowance(model, variables, images)
+    radii = certify.certified_radii(logits, labels, sound, 'pairwise', allowance)  # float32
+    assert (radii > 0).all() and (radii <= exact).all()
 
     logits_fn = jax.jit(lambda x: model.apply(variables, x).logits)
     cw = attacks.cw_l2_min_norms(logits_fn, images, labels,

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 import lclmt_jax
-from lclmt_jax import certify, data, layers, margins, rounding
+from lclmt_jax import bounds, certify, data, layers, margins, rounding
 from lclmt_jax.evaluators import Context, run_evaluator
 from lclmt_jax.models import NormalizedHead, liresnet
 from lclmt_jax.models.cnn import CNN
+from lclmt_jax.models.lipconvnet import LipConvNet
 from lclmt_jax.models.liresnet import LiResNet
 from lclmt_jax.models.mlp import MLP
 from lclmt_jax.models.wrn import WideResNet
@@ -161,6 +162,28 @@ def test_lln_columns_normalised_in_float32_are_within_their_error_bound(magnitud
         rounding.normalisation_error(np.full((300, 1), 1e20, np.float32), F32)
 
 
+@pytest.mark.parametrize('shape, magnitude', [((3, 3, 6, 5), 1.0), ((3, 3, 6, 5), 1e-12),
+                                              ((40, 7), 1e3)])
+def test_an_aol_kernel_computed_in_float32_is_within_its_error_bound(shape, magnitude):
+    """``bounds.aol_kernel`` as the layers compute it (float32, jitted) against float64,
+    entrywise within ``rounding.aol_kernel_error``: the rescaling's Gram sums, eps and rsqrt."""
+    kernel = (np.random.default_rng(8).standard_normal(shape) * magnitude).astype(np.float32)
+    computed = np.asarray(_highest(bounds.aol_kernel)(kernel), np.float64)
+    with jax.enable_x64(True):
+        exact = np.asarray(bounds.aol_kernel(jnp.asarray(kernel, jnp.float64)))
+    difference = np.abs(computed - exact)
+    error = rounding.aol_kernel_error(kernel, F32)
+    assert np.all(difference <= error) and difference.max() > 0
+
+
+def test_an_sll_network_says_in_one_line_why_it_has_no_rounding_analysis():
+    model = LipConvNet(layer='sll', width=8, blocks=1, layers_per_block=1, num_classes=3)
+    variables = _random_variables(model, (4, 4, 3), 0)
+    with pytest.raises(rounding.NotAnalysable, match='exp') as error:
+        certify.rounding_allowance(model, variables, np.zeros((1, 4, 4, 3), np.float32))
+    assert '\n' not in str(error.value)
+
+
 # ----------------------------------------------------------------------------- whole networks
 
 
@@ -173,6 +196,9 @@ def _network(kind):
     if kind == 'liresnet':  # 8x8 -> 4x4 (stem), 2 blocks, neck 2x2 /2 -> 2x2x6, dense, LLN
         return LiResNet(depth=2, width=4, neck_features=6, neck_size=2, dense_features=8,
                         num_classes=5), (8, 8, 3)
+    if kind == 'aol':  # 8x8x3 -> 8 channels, 2 blocks of 2 AOL convs, 2x2x32 -> head
+        return LipConvNet(layer='aol', width=8, blocks=2, layers_per_block=2,
+                          num_classes=5), (8, 8, 3)
     return WideResNet(depth=10, width=1, num_classes=5), (8, 8, 3)
 
 
@@ -197,7 +223,7 @@ def _random_variables(model, shape, seed):
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-@pytest.mark.parametrize('kind', ['mlp', 'cnn', 'wrn', 'liresnet'])
+@pytest.mark.parametrize('kind', ['mlp', 'cnn', 'wrn', 'liresnet', 'aol'])
 def test_network_allowance_bounds_float32_logit_differences_on_the_ball(kind):
     """|(f32_t - f32_j)(z) - (f64_t - f64_j)(z)| <= E_tj(r) at x and at points z of the ball."""
     model, shape = _network(kind)

@@ -17,11 +17,15 @@ kernel, ``layers.SLLConv``); orthogonal head.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from lclmt_jax import bounds
+from lclmt_jax import bounds, rounding
 from lclmt_jax.activations import ACTIVATIONS
 from lclmt_jax.layers import AOLConv, SLLConv
 from lclmt_jax.models import MODELS, ModelOutput, lipschitz_head
@@ -118,3 +122,49 @@ class LipConvNet(LipConvBody):
         return lipschitz_head(h, body_lipschitz, self.num_classes, train=train, sound=sound,
                               estimator=self.estimator,
                               kernel_init=nn.initializers.orthogonal())
+
+
+class _ExactMap(rounding.Exact):
+    """A parameter-free map that only moves, drops or zero-pads coordinates (``zero_channels``,
+    ``downsample``): exact in floating point, 1-Lipschitz."""
+
+    def __init__(self, function: Callable[[jax.Array], jax.Array]):
+        self.function = function
+
+    def forward(self, a: np.ndarray) -> np.ndarray:
+        with jax.enable_x64(True):
+            return np.asarray(self.function(jnp.asarray(a, jnp.float64)))
+
+
+@rounding.ANALYSES.register('lipconvnet')
+def _rounding_analysis(model: LipConvNet, variables: rounding.Parameters,
+                       input_shape: tuple[int, ...]) -> rounding.Network:
+    """The float32 rounding of an AOL ``LipConvNet`` (``rounding``): each AOL conv with the
+    kernel it recomputes at run time (``rounding.aol_kernel_error``), the exact channel padding
+    and downsampling, the dense head. SLL layers are not analysable: their weights pass
+    through exp, which the arithmetic model (A1-A3) does not bound."""
+    if model.layer != 'aol':
+        raise rounding.NotAnalysable(f'lipconvnet layer {model.layer!r} has no float32 rounding '
+                                     'analysis (its weights pass through exp); only AOL has')
+    params = variables['params']
+    activation = rounding.Activation(model.activation)
+    steps: list[rounding.Step] = [_ExactMap(functools.partial(zero_channels,
+                                                              width=model.width))]
+    shape = (*input_shape[:2], model.width)
+    index = 0
+    for _ in range(model.blocks):
+        for _ in range(model.layers_per_block):
+            layer = params['body'][f'AOLConv_{index}']
+            kernel = layer['kernel']
+            with jax.enable_x64(True):
+                applied = np.asarray(bounds.aol_kernel(jnp.asarray(kernel, jnp.float64)))
+            conv = rounding.Conv(applied, layer['bias'], shape, 1, 'SAME',
+                                 kernel_error=functools.partial(rounding.aol_kernel_error,
+                                                                kernel))
+            steps += [conv, activation]
+            index += 1
+        steps.append(_ExactMap(downsample))
+        shape = (-(-shape[0] // 2), -(-shape[1] // 2), 2 * shape[2])
+    steps.append(rounding.Flatten())
+    head = rounding.Head(params['head']['kernel'], params['head']['bias'])
+    return rounding.Network(tuple(steps), head)
