@@ -9,7 +9,7 @@ cosine decay, gradients clipped to norm 3; CIFAR-10 with random crops (4 pixels)
 flips. LiResNet's EMMA loss is one flag away (``--config.method=emma``); on the stand-in it
 certified less than pairwise LC-LMT in short runs. Every radius in ``evaluation.epsilons``
 (36/255, 72/255, 108/255, 0.2) is certified with the sound bound (float64 circular-embedding
-norms).
+norms) for the float32 network as it runs (``rounding``).
 
 Full schedule (a GPU; TFDS ``cifar10``, ``--config.data.manual_dir=DIR`` offline):
   python launch.py --config=experiments/cifar10_certified.py --workdir=runs/cifar10_liresnet \
@@ -29,7 +29,10 @@ for a 2-core CPU:
 Variants (parts joined by commas): ``6c2f`` (GloRo's CNN instead of the LiResNet), ``aol`` and
 ``sll`` (``models/lipconvnet.py``: a ConvNet of AOL or SLL convs, 1-Lipschitz by construction up
 to its head, in the style of "1-Lipschitz Layers Compared"),
-``standin`` (the npz stand-in at ``--config.data.path``), ``short`` (the CPU schedule).
+``standin`` (the npz stand-in at ``--config.data.path``), ``short`` (the CPU schedule: a
+narrower, shallower LiResNet, 16 epochs, batch 64 -- a short schedule is limited by its number
+of updates: in 4-epoch design runs on the stand-in, batch 64 certified 0.789 @36/255 (exact
+network), batch 128 0.724, batch 256 0.613).
 """
 
 import ml_collections
@@ -70,6 +73,8 @@ def get_config(variant: str = ''):
             'dense_features': 512})
     # the training radius (certified at evaluation.epsilons) and LiResNet's schedule
     liresnet_recipe(config, 1.5 * EPS36, 16 if short else 200)
+    if short:  # a short schedule is step-limited: batch 64 gives 4x the updates per epoch
+        config.batch_size = 64
     config.augment.crop_padding = 0 if 'standin' in parts else 4
     config.augment.flip = 'standin' not in parts
     config.bound.sound_every_epochs = 4 if short else 20
