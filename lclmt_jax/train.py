@@ -155,8 +155,10 @@ def make_refresh(trainer: Trainer, steps: int, images: np.ndarray) -> Callable:
     """``refresh(state) -> state`` with the training estimates refreshed on the uint8 batch
     ``images`` (``models.refresh_estimates``: Rayleigh-Ritz for dense blocks, ``steps`` power
     iterations for single vectors), run at the start of each epoch; the identity when there is
-    nothing to refresh (no block and ``steps`` = 0)."""
-    if not steps and not models.keeps_blocks(trainer.state.model_state):
+    nothing to refresh (no power-iteration vectors at all, as in the by-construction LipConvNets,
+    or no block and ``steps`` = 0)."""
+    vectors = trainer.state.model_state.get('lipschitz')
+    if not vectors or (not steps and not models.keeps_blocks(trainer.state.model_state)):
         return lambda state: state
     batch = input_pipeline.replicate(trainer.mesh, images)
 

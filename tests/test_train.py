@@ -8,6 +8,7 @@ import sys
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -50,6 +51,19 @@ def test_short_run_lowers_the_loss_and_raises_the_margin(tmp_path):
         assert os.path.exists(tmp_path / name)
     assert os.listdir(tmp_path / 'tensorboard')
     assert json.load(open(tmp_path / 'config.json'))['method'] == 'lc_lmt_pairwise'
+
+
+@pytest.mark.parametrize('layer', ['aol', 'sll'])
+def test_a_model_without_power_iteration_vectors_trains_with_epoch_refreshes(tmp_path, layer):
+    """LipConvNets keep no ``'lipschitz'`` vectors (1-Lipschitz by construction): the refresh at
+    each epoch start of the LiResNet recipe (``reconverge_steps``) has nothing to do, and the run
+    trains and certifies."""
+    config = embedded_config(num_epochs=1, model='lipconvnet')
+    config.lipconvnet = ml_collections.ConfigDict({'layer': layer, 'width': 4, 'blocks': 1,
+                                                   'layers_per_block': 1})
+    config.bound.reconverge_steps = 20
+    train.train_and_evaluate(config, str(tmp_path))
+    assert [r['epoch'] for r in run_files.read_metrics(str(tmp_path))] == [1]
 
 
 def _one_epoch(devices, embedded, method, paper):
