@@ -28,7 +28,8 @@ for a 2-core CPU:
       --evaluators=certificates,cw_l2 --attack_examples=200
 Variants (parts joined by commas): ``6c2f`` (GloRo's CNN instead of the LiResNet), ``aol`` and
 ``sll`` (``models/lipconvnet.py``: a ConvNet of AOL or SLL convs, 1-Lipschitz by construction up
-to its head, in the style of "1-Lipschitz Layers Compared"),
+to its head, in the style of "1-Lipschitz Layers Compared"; on the stand-in ``:standin,short,aol``
+has not learned: the loss stays at ln 10 for 2 epochs, with plain cross-entropy too),
 ``standin`` (the npz stand-in at ``--config.data.path``), ``short`` (the CPU schedule: a
 narrower, shallower LiResNet, 16 epochs, batch 64 -- a short schedule is limited by its number
 of updates: in 4-epoch design runs on the stand-in, batch 64 certified 0.789 @36/255 (exact
