@@ -502,7 +502,25 @@ class Flatten(Exact):
         return a.reshape(len(a), -1)
 
 
-class Activation(Exact):
+class ExactMap(Exact):
+    """A jax function of the activations that only selects, moves, drops or zero-pads
+    coordinates (exact in floating point) and is 1-Lipschitz, e.g. a LipConvNet's channel
+    padding and downsampling; ``forward`` runs it in float64."""
+
+    def __init__(self, function: Callable[[jax.Array], jax.Array]):
+        self.function = function
+
+    def forward(self, a: np.ndarray) -> np.ndarray:
+        with jax.enable_x64(True):
+            return np.asarray(self.function(jnp.asarray(a, jnp.float64)))
+
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        """The per-example shape it maps ``input_shape`` to (traced, nothing computed)."""
+        example = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+        return tuple(jax.eval_shape(self.function, example).shape[1:])
+
+
+class Activation(ExactMap):
     """An ``ACTIVATIONS`` entry that only selects operands (exact in floating point) and is
     1-Lipschitz: ``EXACT_ACTIVATIONS``. Any other activation is not analysable."""
 
@@ -514,11 +532,8 @@ class Activation(Exact):
         if name not in self.EXACT_ACTIVATIONS:
             raise NotAnalysable(f'activation {name!r} has no rounding analysis (exact ones: '
                                 f'{", ".join(self.EXACT_ACTIVATIONS)})')
-        self.function = ACTIVATIONS.get(name)
-
-    def forward(self, a: np.ndarray) -> np.ndarray:
-        with jax.enable_x64(True):
-            return np.asarray(self.function(jnp.asarray(a, jnp.float64))[0])
+        activation = ACTIVATIONS.get(name)
+        super().__init__(lambda x: activation(x)[0])  # (output, bound) -> output
 
 
 class AveragePool(Primitive):
@@ -677,13 +692,11 @@ class Head:
 
     def __init__(self, kernel: Any, bias: Any = None, normalized: bool = False):
         self.kernel = _f64(kernel)
-        self.kappa = {arithmetic.name: np.zeros(self.kernel.shape[1])
-                      for arithmetic in (FLOAT32, FLOAT64)}
-        if normalized:
-            self.kappa = {arithmetic.name: normalisation_error(self.kernel, arithmetic)
-                          for arithmetic in (FLOAT32, FLOAT64)}
-            self.kernel = self.kernel / np.linalg.norm(self.kernel, axis=0, keepdims=True)
         self.normalized = normalized
+        self.kappa = {arithmetic.name: normalisation_error(self.kernel, arithmetic) if normalized
+                      else np.zeros(self.kernel.shape[1]) for arithmetic in (FLOAT32, FLOAT64)}
+        if normalized:
+            self.kernel = self.kernel / np.linalg.norm(self.kernel, axis=0, keepdims=True)
         self.bias = np.zeros(self.kernel.shape[1]) if bias is None else _f64(bias)
         self.abs_kernel = np.abs(self.kernel)
         self.column_norms = np.linalg.norm(self.kernel, axis=0) * _UP

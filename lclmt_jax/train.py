@@ -157,8 +157,8 @@ def make_refresh(trainer: Trainer, steps: int, images: np.ndarray) -> Callable:
     iterations for single vectors), run at the start of each epoch; the identity when there is
     nothing to refresh (no power-iteration vectors at all, as in the by-construction LipConvNets,
     or no block and ``steps`` = 0)."""
-    vectors = trainer.state.model_state.get('lipschitz')
-    if not vectors or (not steps and not models.keeps_blocks(trainer.state.model_state)):
+    if not trainer.state.model_state.get('lipschitz') or (
+            not steps and not models.keeps_blocks(trainer.state.model_state)):
         return lambda state: state
     batch = input_pipeline.replicate(trainer.mesh, images)
 

@@ -18,7 +18,6 @@ kernel, ``layers.SLLConv``); orthogonal head.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -124,18 +123,6 @@ class LipConvNet(LipConvBody):
                               kernel_init=nn.initializers.orthogonal())
 
 
-class _ExactMap(rounding.Exact):
-    """A parameter-free map that only moves, drops or zero-pads coordinates (``zero_channels``,
-    ``downsample``): exact in floating point, 1-Lipschitz."""
-
-    def __init__(self, function: Callable[[jax.Array], jax.Array]):
-        self.function = function
-
-    def forward(self, a: np.ndarray) -> np.ndarray:
-        with jax.enable_x64(True):
-            return np.asarray(self.function(jnp.asarray(a, jnp.float64)))
-
-
 @rounding.ANALYSES.register('lipconvnet')
 def _rounding_analysis(model: LipConvNet, variables: rounding.Parameters,
                        input_shape: tuple[int, ...]) -> rounding.Network:
@@ -148,9 +135,9 @@ def _rounding_analysis(model: LipConvNet, variables: rounding.Parameters,
                                      'analysis (its weights pass through exp); only AOL has')
     params = variables['params']
     activation = rounding.Activation(model.activation)
-    steps: list[rounding.Step] = [_ExactMap(functools.partial(zero_channels,
-                                                              width=model.width))]
-    shape = (*input_shape[:2], model.width)
+    pad = rounding.ExactMap(functools.partial(zero_channels, width=model.width))
+    shape, halve = pad.output_shape(input_shape), rounding.ExactMap(downsample)
+    steps: list[rounding.Step] = [pad]
     index = 0
     for _ in range(model.blocks):
         for _ in range(model.layers_per_block):
@@ -163,8 +150,8 @@ def _rounding_analysis(model: LipConvNet, variables: rounding.Parameters,
                                                                 kernel))
             steps += [conv, activation]
             index += 1
-        steps.append(_ExactMap(downsample))
-        shape = (-(-shape[0] // 2), -(-shape[1] // 2), 2 * shape[2])
+        steps.append(halve)
+        shape = halve.output_shape(shape)
     steps.append(rounding.Flatten())
     head = rounding.Head(params['head']['kernel'], params['head']['bias'])
     return rounding.Network(tuple(steps), head)
