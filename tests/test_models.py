@@ -12,8 +12,10 @@ import pytest
 from bound_testing import converge, random_bn_variables, unit
 
 from lclmt_jax import bounds, configs, input_pipeline, losses, models, train
+from lclmt_jax.layers import batchnorm
+from lclmt_jax.layers.preact_block import PreActBlock
 from lclmt_jax.models.mlp import MLP
-from lclmt_jax.models.wrn import PreActBlock, WideResNet
+from lclmt_jax.models.wrn import WideResNet
 
 
 @functools.cache
@@ -72,7 +74,7 @@ def test_residual_block_bound_dominates_the_jacobian_norm(features, strides, fol
     _, estimate = block.apply(variables, x)
 
     params, stats = variables['params'], variables['batch_stats']
-    d = {name: bounds.batch_norm_multipliers(params[name]['scale'], stats[name]['var'], 1e-5)
+    d = {name: batchnorm.batch_norm_multipliers(params[name]['scale'], stats[name]['var'], 1e-5)
          for name in ('bn1', 'bn2')}
     shapes = {'conv1': ((6, 6, 4), strides), 'shortcut': ((6, 6, 4), strides),
               'conv2': ((6 // strides, 6 // strides, features), 1)}
