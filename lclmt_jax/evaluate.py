@@ -109,7 +109,10 @@ def evaluate_run(workdir: str, max_examples: int | None = None,
     for result in results.values():
         summary.update(result.scalars)
     summary['evaluation_seconds'] = time.perf_counter() - started
-    save_evaluation(workdir, summary, results, config.evaluation.epsilons)
+    method = losses.METHODS.get(config.method)
+    subject = plots.figure_subject([dataset.name], [config.model], method.label,
+                                   config.epsilon if losses.trains_for_margin(method) else None)
+    save_evaluation(workdir, summary, results, config.evaluation.epsilons, subject)
     broken = sum(int(result.scalars.get('broken_certificates', 0)) for result in results.values())
     if broken:
         raise BrokenCertificateError(
@@ -125,8 +128,9 @@ def radius_grid(results: dict[str, Result], epsilons: Sequence[float]) -> np.nda
 
 
 def save_evaluation(workdir: str, summary: dict, results: dict[str, Result],
-                    epsilons: Sequence[float]) -> None:
-    """Writes evaluation.json, curves.csv, per_example.csv and the figures (process 0)."""
+                    epsilons: Sequence[float], subject: str = '') -> None:
+    """Writes evaluation.json, curves.csv, per_example.csv and the figures (process 0);
+    ``subject`` (``plots.figure_subject``) says under the figures' titles what was evaluated."""
     if jax.process_index() != 0:
         return
     out = os.path.join(workdir, EVALUATION_DIR)
@@ -144,8 +148,7 @@ def save_evaluation(workdir: str, summary: dict, results: dict[str, Result],
         _write_csv(os.path.join(out, 'curves.csv'), {'radius': grid, **values})
         plots.plot_accuracy_curves(
             grid, {curve.label: (values[name], curve.bound) for name, curve in curves.items()},
-            f'{summary["label"]}: certified vs attacked accuracy',
-            os.path.join(out, 'certified_vs_attack.png'))
+            subject, os.path.join(out, 'certified_vs_attack.png'))
     for result in results.values():
         for name, draw in result.figures.items():
             draw(os.path.join(out, name))
