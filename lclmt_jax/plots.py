@@ -119,9 +119,13 @@ def _scale_for(ax, values: Sequence[float]) -> bool:
     return False
 
 
-def _epoch_axis(ax) -> None:
+def _epoch_axis(ax, runs: Mapping[str, Records]) -> None:
+    """An x-axis of whole epochs, from the first to the last of ``runs`` (half an epoch beyond
+    each end), so that one epoch is an axis at 1 and not ticks at 0.96, 0.98, ..."""
+    last = max((record['epoch'] for records in runs.values() for record in records), default=1)
+    ax.set_xlim(0.5, last + 0.5)
     ax.set_xlabel('epoch')
-    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def _radius_limit(curves: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -169,7 +173,7 @@ def plot_margins(runs: Mapping[str, Records], path: str,
     for ax in axes.flat[len(runs):]:
         ax.set_visible(False)
     for ax in axes[-1]:
-        _epoch_axis(ax)
+        _epoch_axis(ax, runs)
     for ax in axes[:, 0]:
         ax.set_ylabel('mean over training batches', fontsize=8)
     fig.suptitle('Training margin (blue, solid) and required margin (red, dashed), mean per epoch'
@@ -183,7 +187,7 @@ def plot_loss(runs: Mapping[str, Records], path: str, subject: str = '') -> str:
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, records in runs.items():
         _line(ax, _series(records, 'epoch'), _series(records, 'train_loss'), label=label)
-    _epoch_axis(ax)
+    _epoch_axis(ax, runs)
     ax.set_ylabel('training loss (log scale)')
     ax.set_yscale('log')
     ax.set_title('Training loss per epoch (on the inflated logits)'

@@ -305,3 +305,15 @@ def test_one_runs_figure_says_whether_it_holds_an_attack(tmp_path, drawn, bounds
 def test_figure_subject_lists_each_dataset_and_model_once():
     assert plots.figure_subject(['mnist', 'mnist'], ['mlp', 'cnn', 'mlp']) == 'mlp / cnn on mnist'
     assert plots.figure_subject(['svhn'], ['wrn'], 'plain') == 'wrn on svhn, trained with plain'
+
+
+def test_a_one_epoch_run_is_a_marker_at_epoch_1(tmp_path, drawn):
+    runs = {'LC-LMT-pw(1.0)': [{'epoch': 1, 'train_loss': 4.5, 'train_margin': 0.05,
+                                'train_required_margin': 4.3}]}
+    plots.plot_loss(runs, str(tmp_path / 'loss.png'))
+    plots.plot_margins(runs, str(tmp_path / 'margins.png'))
+    for name in ('loss.png', 'margins.png'):
+        ax = drawn[name].axes[0]
+        low, high = ax.get_xlim()
+        assert [tick for tick in ax.get_xticks() if low <= tick <= high] == [1.0], name
+        assert all(line.get_marker() == 'o' for line in ax.get_lines())
