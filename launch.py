@@ -146,7 +146,7 @@ def main(argv: list[str]) -> None:
         else:
             if not _RUNS.value:
                 raise ValueError('--runs=DIR1,DIR2,... is required in compare mode')
-            table = evaluate.compare_runs(_RUNS.value, _WORKDIR.value)
+            table = sweeps.compare_runs(_RUNS.value, _WORKDIR.value)
             reports.after_comparison(_WORKDIR.value, _RUNS.value, table)
     except (ValueError, OSError, train.NonFiniteLossError, train.TrainingInterrupted,
             evaluate.BrokenCertificateError, sweeps.SweepError,
