@@ -362,5 +362,5 @@ def test_lipconvnet_trains_through_the_trainer():
     for name in ('nonexistent', 'dense'):
         config.lipconvnet.layer = name
         with pytest.raises(ValueError, match=f"unknown lipconvnet.layer '{name}'; allowed: "
-                                             "aol, sll"):
+                                             "aol, cpl, sll"):
             models.create_model(config, 10)

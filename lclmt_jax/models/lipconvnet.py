@@ -98,7 +98,7 @@ class LipConvNet(LipConvBody):
     """``LipConvBody`` (submodule ``'body'``, whose settings it takes) and a dense head
     (``lipschitz_head``).
 
-    Settings: ``layer`` a ``layers.LAYERS`` family with ``same_width`` ('aol', 'sll');
+    Settings: ``layer`` a ``layers.LAYERS`` family with ``same_width`` ('aol', 'cpl', 'sll');
     ``width`` (even) the first block's channels, doubled by every downsampling; ``blocks``;
     ``layers_per_block``; ``kernel_size`` (k×k, odd, so 'SAME' padding is centred);
     ``activation`` (an ``ACTIVATIONS`` name, MinMax by default).
