@@ -80,8 +80,19 @@ def group_sort(x: Array, group_size: int) -> Array:
 
 @activation('minmax', exact_float32=True)
 def minmax(x: Array) -> Array:
-    """MinMax: GroupSort with pairs, (a, b) -> (min(a, b), max(a, b)); Lipschitz constant 1."""
-    return group_sort(x, 2)
+    """MinMax: GroupSort with pairs, (a, b) -> (min(a, b), max(a, b)); Lipschitz constant 1.
+
+    Written with ``minimum``/``maximum`` rather than a sort of each pair: the same values (both
+    only select an operand), but XLA's CPU sort and its gather-based gradient made this
+    activation two thirds of the LiResNet's training step (0.33 s against 0.11 s with ReLU at
+    batch 64 on the 2-core CPU)."""
+    features = x.shape[-1]
+    if features % 2:
+        raise ValueError(f'MinMax needs an even number of units, got {features}')
+    pairs = x.reshape(*x.shape[:-1], features // 2, 2)
+    first, second = pairs[..., 0], pairs[..., 1]
+    return jnp.stack([jnp.minimum(first, second), jnp.maximum(first, second)],
+                     axis=-1).reshape(x.shape)
 
 
 @activation('groupsort4', exact_float32=True)

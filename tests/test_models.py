@@ -349,6 +349,10 @@ def test_group_sort_is_a_permutation_with_lipschitz_constant_one():
         chex.assert_trees_all_close(jacobian @ jacobian.T, np.eye(16), atol=1e-6)  # orthogonal
     with pytest.raises(ValueError, match='multiple of 4'):
         ACTIVATIONS.get('groupsort4')(jnp.ones(6))
+    # MinMax by minimum/maximum: exactly the sort of each pair, on image-shaped inputs too
+    from lclmt_jax.activations import group_sort
+    images = jax.random.normal(jax.random.key(1), (2, 3, 3, 8))
+    np.testing.assert_array_equal(ACTIVATIONS.get('minmax')(images)[0], group_sort(images, 2))
 
 
 @pytest.mark.parametrize('activation', ['minmax', 'relu'])
