@@ -13,7 +13,7 @@ it has one (``{'member': 'paper_lmt', 'method': 'lmt'}``), and runs in ``<workdi
 name is one folder name of letters, digits and ``._+-``, not starting with a dot (``MEMBER_NAME``),
 so every member stays inside the sweep's workdir. ``launch.py --sweep=run`` trains and evaluates the
 members one after another, skipping what is already done (an interrupted member resumes from its
-checkpoint), then overlays them with :func:`lclmt_jax.evaluate.compare_runs`
+checkpoint), then overlays them with :func:`lclmt_jax.assessment.compare_runs`
 (``comparison.csv``/``.json`` and the figures in ``<workdir>``). ``launch.py --sweep=print`` prints
 one shell command per member instead, for a scheduler.
 """
@@ -34,7 +34,18 @@ import jax
 import ml_collections
 from absl import logging
 
-from lclmt_jax import checkpoints, configs, console, evaluate, run_files, train, validation
+from lclmt_jax import (
+    assessment,
+    checkpoints,
+    config_files,
+    config_schema,
+    console,
+    outcomes,
+    resume,
+    run_files,
+    train,
+    validation,
+)
 
 # How a swept field shows up in a member's name; other fields use their last dotted component.
 SHORT_NAMES = {'epsilon': 'eps', 'learning_rate': 'lr', 'batch_size': 'bs', 'num_epochs': 'epochs',
@@ -129,14 +140,15 @@ class Sweep:
 
         ``overrides`` apply to every member; ``base``, when given, already includes them.
         """
-        path, variant = configs.split_config_file(config_file)
-        module = configs.load_config_module(path)
+        path, variant = config_files.split_config_file(config_file)
+        module = config_files.load_config_module(path)
         if not callable(getattr(module, 'get_sweep', None)):
             raise ValueError(f'{path} declares no sweep: it needs a get_sweep(variant) returning '
                              'a list of override dicts')
         overrides = dict(overrides or {})
         if base is None:
-            base = configs.apply_overrides(module.get_config(variant), overrides, 'command line')
+            base = config_schema.apply_overrides(module.get_config(variant), overrides,
+                                                 'command line')
         members: dict[str, dict[str, Any]] = {}
         for member in module.get_sweep(variant):
             if not isinstance(member, Mapping):
@@ -169,7 +181,8 @@ class Sweep:
 
     def config(self, name: str) -> ml_collections.ConfigDict:
         """The full config of member ``name``."""
-        return configs.apply_overrides(self.base, self.members[name], f'sweep member {name!r}')
+        return config_schema.apply_overrides(self.base, self.members[name],
+                                             f'sweep member {name!r}')
 
     def commands(self, workdir: str, max_examples: int | None = None,
                  program: str = 'launch.py') -> str:
@@ -206,15 +219,15 @@ class Sweep:
             console.say(f'sweep member {index}/{len(self.members)}: {name}')
             try:
                 self.run_member(name, workdir, max_examples)
-            except (train.NonFiniteLossError, evaluate.BrokenCertificateError) as error:
+            except (train.NonFiniteLossError, assessment.BrokenCertificateError) as error:
                 logging.error('sweep member %s failed: %s', name, error)
                 failures[name] = str(error)
         done = [os.path.join(workdir, name) for name in self.members
                 if os.path.exists(os.path.join(workdir, name, run_files.METRICS_FILE))]
         table = []
         if done and jax.process_index() == 0:
-            table = evaluate.compare_runs(done, workdir)
-            console.say(console.comparison_table(
+            table = assessment.compare_runs(done, workdir)
+            console.say(outcomes.comparison_table(
                 table, self.base.certificate, self.base.evaluation.epsilons))
             console.say(f'table and figures: {os.path.abspath(workdir)}/comparison.csv, *.png')
         if failures:
@@ -231,10 +244,10 @@ class Sweep:
         if _read_json(os.path.join(member_dir, MEMBER_FILE)) == record:
             console.say(f'  {member_dir}: trained and evaluated, skipped')
             return member_dir
-        run_files.check_same_training(member_dir, config)
+        resume.check_same_training(member_dir, config)
         if checkpoints.latest_epoch(member_dir) < config.num_epochs:
             train.train_and_evaluate(config, member_dir)
-        evaluate.evaluate_run(member_dir, max_examples)
+        assessment.evaluate_run(member_dir, max_examples)
         if jax.process_index() == 0:
             with open(os.path.join(member_dir, MEMBER_FILE), 'w') as f:
                 json.dump(record, f, indent=2)
