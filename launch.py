@@ -30,11 +30,13 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (compare mode: ou
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'compare'],
                           'train a config; evaluate the run in --workdir; compare --runs.')
 _RUNS = flags.DEFINE_list('runs', [], 'compare mode: workdirs of the runs to overlay.')
-_MAX_EXAMPLES = flags.DEFINE_integer('max_examples', None,
-                                     'evaluate mode, --sweep: only the first N test examples.')
+_MAX_EXAMPLES = flags.DEFINE_integer(
+    'max_examples', None, 'evaluate mode, train mode with --evaluators, --sweep: evaluate only the '
+    'first N test points, with every evaluator (certificates and attack alike).')
 _ATTACK_EXAMPLES = flags.DEFINE_integer(
-    'attack_examples', None, 'evaluate mode, train mode with --evaluators: attack only the first '
-    'N test examples (certificates still cover all of them): CW-L2 on a CNN is slow on a CPU.')
+    'attack_examples', None, 'evaluate mode, train mode with --evaluators: attack only N of the '
+    'evaluated test points (certificates still cover all of them): CW-L2 on a CNN is slow on a '
+    'CPU. Shorthand for --eval_setting=cw_l2.max_examples=N.')
 _EVALUATORS = flags.DEFINE_list('evaluators', None, 'evaluate mode: these evaluators instead of '
                                 'the run\'s config.evaluators; train mode: run them on the trained '
                                 'model when training ends (one process).')
@@ -55,22 +57,30 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes in the job.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process: 0 .. num_processes - 1.')
 flags.mark_flag_as_required('workdir')
+ATTACK_EXAMPLES_SETTING = 'cw_l2.max_examples'  # what --attack_examples=N stands for
+
+
+def evaluator_settings() -> list[str]:
+    """The ``--eval_setting`` values with ``--attack_examples`` resolved into its setting."""
+    shorthand = [] if _ATTACK_EXAMPLES.value is None else [
+        f'{ATTACK_EXAMPLES_SETTING}={_ATTACK_EXAMPLES.value}']
+    return [*_EVAL_SETTINGS.value, *shorthand]
 
 
 def _unknown_override(argv: list[str]) -> str | None:
     """The first ``--config.FIELD=...`` of ``argv`` that names no field of the config, or None."""
-    from lclmt_jax import configs  # ml_collections only
+    from lclmt_jax import config_files, config_schema  # ml_collections only
 
     files = [arg.split('=', 1)[1] for arg in argv if arg.startswith('--config=')]
     if not files:
         return None
-    path, variant = configs.split_config_file(files[-1])
-    config = configs.load_config_module(path).get_config(variant)
+    path, variant = config_files.split_config_file(files[-1])
+    config = config_files.load_config_module(path).get_config(variant)
     for arg in argv:
         if arg.startswith('--config.'):
             key = arg[len('--config.'):].split('=', 1)[0]
             try:
-                configs.check_field(config, key, f'--config.{key}')
+                config_schema.check_field(config, key, f'--config.{key}')
             except ValueError as error:
                 return str(error)
     return None
@@ -102,10 +112,11 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     # Imported here so that --help and flag errors do not wait for JAX and TensorFlow.
     from lclmt_jax import (
+        assessment,
+        comparison,
         compilation_cache,
         distributed,
-        evaluate,
-        reports,
+        outcomes,
         sweeps,
         train,
         workdir_lock,
@@ -130,26 +141,25 @@ def main(argv: list[str]) -> None:
             trained = time.perf_counter() - started
             summary = None
             if _EVALUATORS.value:
-                summary = evaluate.evaluate_run(_WORKDIR.value, _MAX_EXAMPLES.value,
-                                                _EVALUATORS.value,
-                                                attack_examples=_ATTACK_EXAMPLES.value,
-                                                evaluator_settings=_EVAL_SETTINGS.value)
-            reports.after_training(_WORKDIR.value, trained, summary)
+                summary = assessment.evaluate_run(_WORKDIR.value, _MAX_EXAMPLES.value,
+                                                  _EVALUATORS.value,
+                                                  evaluator_settings=evaluator_settings())
+            outcomes.after_training(_WORKDIR.value, trained, summary)
         elif _MODE.value == 'evaluate':
             if _CONFIG.value is not None:
                 raise ValueError('--mode=evaluate reads the run\'s own config.json; drop --config '
                                  'and set evaluator settings with --eval_setting NAME.FIELD=VALUE')
-            summary = evaluate.evaluate_run(_WORKDIR.value, _MAX_EXAMPLES.value,
-                                            _EVALUATORS.value, _CHECKPOINT.value,
-                                            _ATTACK_EXAMPLES.value, _EVAL_SETTINGS.value)
-            reports.after_evaluation(_WORKDIR.value, summary)
+            summary = assessment.evaluate_run(_WORKDIR.value, _MAX_EXAMPLES.value,
+                                              _EVALUATORS.value, _CHECKPOINT.value,
+                                              evaluator_settings())
+            outcomes.after_evaluation(_WORKDIR.value, summary)
         else:
             if not _RUNS.value:
                 raise ValueError('--runs=DIR1,DIR2,... is required in compare mode')
-            table = sweeps.compare_runs(_RUNS.value, _WORKDIR.value)
-            reports.after_comparison(_WORKDIR.value, _RUNS.value, table)
+            table = comparison.compare_runs(_RUNS.value, _WORKDIR.value)
+            outcomes.after_comparison(_WORKDIR.value, _RUNS.value, table)
     except (ValueError, OSError, train.NonFiniteLossError, train.TrainingInterrupted,
-            evaluate.BrokenCertificateError, sweeps.SweepError,
+            assessment.BrokenCertificateError, sweeps.SweepError,
             workdir_lock.WorkdirLockedError) as error:
         print(f'error: {one_line(error)}', file=sys.stderr)
         sys.exit(1)

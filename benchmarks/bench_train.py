@@ -19,7 +19,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lclmt_jax import configs, input_pipeline, train  # noqa: E402
+from lclmt_jax import config_schema, configs, input_pipeline, train  # noqa: E402
 
 TRAININGS = {'plain': ('plain', ''), 'lc_lmt_paper': ('lc_lmt', 'paper'),
              'lc_lmt_default': ('lc_lmt_pairwise', '')}
@@ -27,7 +27,7 @@ TRAININGS = {'plain': ('plain', ''), 'lc_lmt_paper': ('lc_lmt', 'paper'),
 
 def make_epoch(training: str, num_examples: int, batch_size: int):
     method, variant = TRAININGS[training]
-    config = configs.mnist_variant(configs.default_config(), variant)
+    config = configs.mnist_variant(config_schema.default_config(), variant)
     config.method, config.batch_size = method, batch_size
     trainer = train.create_trainer(config, (28, 28, 1), 10, num_examples // batch_size)
     epoch = input_pipeline.device_train_epoch(trainer.train_step, trainer.mesh, batch_size,

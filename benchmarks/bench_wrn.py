@@ -22,14 +22,14 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lclmt_jax import configs, input_pipeline, metrics, train  # noqa: E402
+from lclmt_jax import config_schema, configs, input_pipeline, metrics, train  # noqa: E402
 
 SHAPE = (32, 32, 3)
 
 
 def make_step(method: str, args: argparse.Namespace):
     """The trainer's jitted step, its replicated initial state and the zeroed epoch metrics."""
-    config = configs.svhn_variant(configs.default_config(), '')
+    config = configs.svhn_variant(config_schema.default_config(), '')
     config.method, config.batch_size = method, args.batch_size
     config.wrn.depth, config.wrn.width = args.depth, args.width
     trainer = train.create_trainer(config, SHAPE, 10, steps_per_epoch=args.batches)

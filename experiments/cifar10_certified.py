@@ -6,8 +6,7 @@ neck conv 4x4 /4 'VALID', dense 512, last-layer-normalised head, certified with 
 constants |w_t - w_j|·L_body. Trained with pairwise LC-LMT at the training radius ``epsilon`` =
 1.5 x 36/255 ramped up linearly over the first half of training (LiResNet's ramp), Adam with a
 cosine decay, gradients clipped to norm 3; CIFAR-10 with random crops (4 pixels) and horizontal
-flips. LiResNet's EMMA loss is one flag away (``--config.method=emma``); on the stand-in it
-certified less than pairwise LC-LMT in short runs. Every radius in ``evaluation.epsilons``
+flips. LiResNet's EMMA loss is one flag away (``--config.method=emma``). Every radius in ``evaluation.epsilons``
 (36/255, 72/255, 108/255, 0.2) is certified with the sound bound (float64 circular-embedding
 norms) for the float32 network as it runs (``rounding``).
 
@@ -20,25 +19,23 @@ init, plain dense head):
       --evaluators=certificates,cw_l2 --attack_examples=1000
 
 On the SVHN-like stand-in (coloured MNIST digits, 20,000 train / 2,000 test; no flips, digits
-are not mirror-symmetric, and no crops, which lowered short runs' certified accuracy), shortened
-for a 2-core CPU:
+are not mirror-symmetric, and no crops), shortened for a 2-core CPU:
   python scripts/make_svhn_standin.py --mnist=../shared/data/mnist --out=runs/svhn_standin.npz
   python launch.py --config=experiments/cifar10_certified.py:standin,short \
       --workdir=runs/standin_liresnet --config.data.path=runs/svhn_standin.npz \
       --evaluators=certificates,cw_l2 --attack_examples=200
 Variants (parts joined by commas): ``6c2f`` (GloRo's CNN instead of the LiResNet), ``aol`` and
 ``sll`` (``models/lipconvnet.py``: a ConvNet of AOL or SLL convs, 1-Lipschitz by construction up
-to its head, in the style of "1-Lipschitz Layers Compared"; on the stand-in ``:standin,short,aol``
-has not learned: the loss stays at ln 10 for 2 epochs, with plain cross-entropy too),
-``standin`` (the npz stand-in at ``--config.data.path``), ``short`` (the CPU schedule: a
-narrower, shallower LiResNet, 16 epochs, batch 64 -- a short schedule is limited by its number
-of updates: in 4-epoch design runs on the stand-in, batch 64 certified 0.789 @36/255 (exact
-network), batch 128 0.724, batch 256 0.613).
+to its head, in the style of "1-Lipschitz Layers Compared"), ``standin`` (the npz stand-in at
+``--config.data.path``), ``short`` (the CPU schedule: a narrower, shallower LiResNet, 16 epochs,
+batch 64). Results, timings and the design runs behind these choices (crops, EMMA, batch size,
+the AOL variant): docs/CERTIFIED.md.
 """
 
 import ml_collections
 
-from lclmt_jax.configs import check_variant, default_config, liresnet_recipe
+from lclmt_jax.config_schema import default_config
+from lclmt_jax.configs import check_variant, liresnet_recipe
 
 EPS36 = 36 / 255
 CNN_6C2F = ((32, 3, 1), (32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 3, 1), (64, 4, 2))

@@ -26,7 +26,8 @@ Variants: '' (TFDS mnist), idx or embedded, and short.
 
 import ml_collections
 
-from lclmt_jax.configs import default_config, mnist_variant
+from lclmt_jax.config_schema import default_config
+from lclmt_jax.configs import mnist_variant
 
 
 def get_config(variant: str = ''):

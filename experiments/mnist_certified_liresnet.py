@@ -24,7 +24,8 @@ Variants (parts joined by commas): '' (TFDS mnist), ``idx`` (the IDX files at
 
 import ml_collections
 
-from lclmt_jax.configs import check_variant, default_config, liresnet_recipe
+from lclmt_jax.config_schema import default_config
+from lclmt_jax.configs import check_variant, liresnet_recipe
 
 
 def get_config(variant: str = ''):

@@ -19,7 +19,8 @@ Results and timings: docs/CERTIFIED.md.
 
 import ml_collections
 
-from lclmt_jax.configs import default_config, mnist_variant
+from lclmt_jax.config_schema import default_config
+from lclmt_jax.configs import mnist_variant
 
 
 def get_config(variant: str = ''):

@@ -21,7 +21,8 @@ Every run logs the four readings of "the margin meets the required margin" (plot
 
 import ml_collections
 
-from lclmt_jax.configs import default_config, mnist_variant, paper_recipe
+from lclmt_jax.config_schema import default_config
+from lclmt_jax.configs import mnist_variant, paper_recipe
 
 
 def get_config(variant: str = ''):

@@ -16,7 +16,8 @@ One shell command per member, for a cluster scheduler:
       --config.data.manual_dir=../shared/data/mnist
 """
 
-from lclmt_jax.configs import default_config, mnist_variant, paper_recipe
+from lclmt_jax.config_schema import default_config
+from lclmt_jax.configs import mnist_variant, paper_recipe
 
 
 def get_config(variant: str = ''):

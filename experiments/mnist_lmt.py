@@ -7,7 +7,8 @@ with one power-iteration step per update (see experiments/mnist_lc.py).
 Quick start on embedded data: --config=experiments/mnist_lmt.py:embedded
 """
 
-from lclmt_jax.configs import default_config, mnist_variant
+from lclmt_jax.config_schema import default_config
+from lclmt_jax.configs import mnist_variant
 
 
 def get_config(variant: str = ''):

@@ -5,7 +5,8 @@
 Quick start on embedded data: --config=experiments/mnist_plain.py:embedded
 """
 
-from lclmt_jax.configs import default_config, mnist_variant
+from lclmt_jax.config_schema import default_config
+from lclmt_jax.configs import mnist_variant
 
 
 def get_config(variant: str = ''):

@@ -12,7 +12,8 @@ Variants: ``''`` (TFDS mnist), ``idx`` (original IDX files in --config.data.path
 (Fashion-MNIST IDX files, by default where Debian's dataset-fashion-mnist installs them).
 """
 
-from lclmt_jax.configs import default_config, mnist_variant, paper_recipe
+from lclmt_jax.config_schema import default_config
+from lclmt_jax.configs import mnist_variant, paper_recipe
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 

@@ -9,7 +9,8 @@ Table 1 from several runs: python launch.py --mode=compare --workdir=runs/svhn_t
     --runs=runs/svhn_plain,runs/svhn_lmt,runs/svhn_lc   (comparison.csv: train/test accuracy)
 """
 
-from lclmt_jax.configs import default_config, svhn_variant
+from lclmt_jax.config_schema import default_config
+from lclmt_jax.configs import svhn_variant
 
 
 def get_config(variant: str = ''):

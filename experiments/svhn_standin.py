@@ -1,9 +1,8 @@
 """The WRN experiments of docs/SVHN.md, on the SVHN-like stand-in (SVHN is not available offline).
 
 WRN-10-1 (the ``smoke`` WRN) on coloured 32x32x3 MNIST digits (``scripts/make_svhn_standin.py``:
-20,000 train / 2,000 test), 6 epochs of Adam (lr 1e-3, batch 128; SGD's plain baseline is at 30%
-train accuracy after 4 epochs here), epsilon warm-up over 2 epochs, the paper's global LMT and
-LC-LMT. Variants (the two readings of the paper's SVHN radii, configs.svhn_variant):
+20,000 train / 2,000 test), 6 epochs of Adam (lr 1e-3, batch 128; why not SGD: docs/SVHN.md),
+epsilon warm-up over 2 epochs, the paper's global LMT and LC-LMT. Variants (the two readings of the paper's SVHN radii, configs.svhn_variant):
 * ``''``: epsilon in [0, 1] pixel units (the LMT code from its NeurIPS version on): plain, then
   LC-LMT and LMT at eps = 1.0 and 0.2;
 * ``v1``: 0-255 pixel units (arXiv v1's code): LC-LMT and LMT at eps = 1/255 and 0.2/255.
@@ -20,7 +19,8 @@ Results and timings: docs/SVHN.md.
 
 import ml_collections
 
-from lclmt_jax.configs import SVHN_PIXEL, check_variant, default_config, svhn_variant
+from lclmt_jax.config_schema import default_config
+from lclmt_jax.configs import SVHN_PIXEL, check_variant, svhn_variant
 
 
 def get_config(variant: str = ''):

@@ -1,4 +1,5 @@
-"""Orbax checkpoints of the whole train state, indexed by completed epoch, that carry their config.
+"""The checkpoint store: orbax checkpoints of the whole train state, indexed by completed epoch,
+that carry their config.
 
 Each checkpoint ``workdir/checkpoints/<epoch>`` holds three items: ``state`` (the train state:
 step, parameters, optimizer state, power-iteration vectors, BN statistics), ``config`` (the
@@ -9,12 +10,9 @@ optimizer.
 The data order and every random draw of epoch e are derived from (seed, e), so restoring the
 state saved after epoch e and continuing from e + 1 reproduces an uninterrupted run exactly.
 
-Once a save has finished, process 0 writes a manifest (``lclmt_manifest.json``: every file's
-size and SHA-256) into the checkpoint. Before orbax opens anything of a checkpoint its files are
-checked against the manifest: the manifest's entries must stay inside the checkpoint's folder,
-every entry must match and no file may be missing from it. So a truncated or altered file (a
-full disk, an interrupted copy) is found without handing broken data to the storage layer. Two
-failures are told apart:
+Once a save has finished, process 0 writes the checkpoint's manifest (``lclmt_jax.manifest``),
+and before orbax opens anything of a checkpoint its files are checked against it. Two failures
+are told apart:
 
 * **damage** (the files do not match the manifest, or orbax cannot read them): the checkpoint is
   moved aside to ``<epoch>.damaged`` with a one-line warning, never deleted or overwritten, and
@@ -24,21 +22,18 @@ failures are told apart:
 
 A checkpoint without a manifest (a run killed between the two writes) cannot be checked: it is
 read as it is, with a one-line warning, and counts as damaged if it holds a non-finite value.
+What a training run does when a save fails (Ctrl-C, a full disk) is ``lclmt_jax.recovery``'s;
+which checkpoint a run may resume from is ``lclmt_jax.resume``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import glob
-import hashlib
-import json
 import logging as std_logging
 import os
 import shutil
-import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -46,21 +41,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lclmt_jax import console
+from lclmt_jax import console, manifest
 
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_SUFFIX = '.damaged'
 NONFINITE_SUFFIX = '.nonfinite'  # a checkpoint training diverged from at once (``train.py``)
-MANIFEST = 'lclmt_manifest.json'
 MAX_NAMED = 3  # differences named in a mismatch line
 
 
 class NoCheckpointError(FileNotFoundError):
     """A workdir holds no checkpoint that restores."""
-
-
-class DamagedCheckpointError(ValueError):
-    """A checkpoint's files do not match its manifest."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -69,99 +59,6 @@ class CheckpointMismatchError(ValueError):
     Never a reason to move the checkpoint aside: the run stops with one line naming the
     differences and the two ways out.
     """
-
-
-class DiskFullError(OSError):
-    """No space was left on the device while a run wrote its workdir."""
-
-
-def _digest(path: str) -> str:
-    sha = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            sha.update(block)
-    return sha.hexdigest()
-
-
-def _files(directory: str) -> list[str]:
-    """Every file below ``directory`` (relative paths), the manifest excepted."""
-    return sorted(os.path.relpath(os.path.join(root, name), directory)
-                  for root, _, names in os.walk(directory) for name in names
-                  if name != MANIFEST or root != directory)
-
-
-def write_manifest(directory: str) -> None:
-    """Records every file's size and SHA-256 in ``directory/lclmt_manifest.json``."""
-    manifest = {name: [os.path.getsize(os.path.join(directory, name)),
-                       _digest(os.path.join(directory, name))] for name in _files(directory)}
-    temporary = os.path.join(directory, MANIFEST + '.tmp')
-    with open(temporary, 'w') as f:
-        json.dump(manifest, f)
-    os.replace(temporary, os.path.join(directory, MANIFEST))
-
-
-def _inside(directory: str, path: str) -> bool:
-    """Whether ``path``, links resolved, lies inside ``directory``."""
-    root = os.path.realpath(directory)
-    return os.path.commonpath([root, os.path.realpath(path)]) == root
-
-
-def _entry(directory: str, name: Any) -> str:
-    """The path of the manifest entry ``name``: a relative path to a file inside ``directory``,
-    checked before anything reads it (no ``..``, no absolute path, no link leading out)."""
-    parts = name.split('/') if isinstance(name, str) else []
-    if not parts or name.startswith('/') or any(part in ('', '.', '..') for part in parts):
-        raise DamagedCheckpointError(f'the manifest names {name!r}: not a file of the checkpoint')
-    path = os.path.join(directory, *parts)
-    if not _inside(directory, path):
-        raise DamagedCheckpointError(f'{name} leads outside the checkpoint')
-    return path
-
-
-def _is_record(value: Any) -> bool:
-    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int)
-            and isinstance(value[1], str))
-
-
-def verify(directory: str) -> bool:
-    """True when the files match the manifest, False when there is none to check against.
-
-    The manifest's entries are checked to name files inside ``directory`` before any of them is
-    opened; then each entry's size and SHA-256, in the manifest's order; then that no file is
-    missing from the manifest. Raises DamagedCheckpointError naming the first failure.
-    """
-    path = os.path.join(directory, MANIFEST)
-    if not os.path.lexists(path):
-        return False
-    try:
-        if not _inside(directory, path):
-            raise ValueError('the manifest is a link leading outside the checkpoint')
-        with open(path) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as error:
-        raise DamagedCheckpointError(
-            f'unreadable manifest ({console.one_line(error, with_type=True)})') from None
-    if not isinstance(manifest, dict) or not all(map(_is_record, manifest.values())):
-        raise DamagedCheckpointError('malformed manifest: expected {file: [size, sha256]}')
-    paths = {name: _entry(directory, name) for name in manifest}
-    for name, (size, digest) in manifest.items():
-        file = paths[name]
-        if not os.path.isfile(file):
-            raise DamagedCheckpointError(f'{name} is missing')
-        if os.path.getsize(file) != size:
-            raise DamagedCheckpointError(f'{name} has {os.path.getsize(file)} of its {size} bytes')
-        if _digest(file) != digest:
-            raise DamagedCheckpointError(f'{name} does not match its checksum')
-    for root, folders, names in os.walk(directory):
-        for name in (*folders, *names):
-            path = os.path.join(root, name)
-            if not _inside(directory, path):
-                raise DamagedCheckpointError(
-                    f'{os.path.relpath(path, directory)} leads outside the checkpoint')
-    unlisted = sorted(set(_files(directory)) - set(manifest))
-    if unlisted:
-        raise DamagedCheckpointError(f'{unlisted[0]} is not in the manifest')
-    return True
 
 
 def checkpoint_directory(workdir: str) -> str:
@@ -337,7 +234,7 @@ def _check_finite(tree: Any) -> None:
     """Unchecked data holding NaN or infinity was not written by training: damage."""
     path = _first_non_finite(tree)
     if path is not None:
-        raise DamagedCheckpointError(f'no manifest, and {path} holds non-finite values')
+        raise manifest.DamagedCheckpointError(f'no manifest, and {path} holds non-finite values')
 
 
 def screen(root: str) -> dict[int, bool]:
@@ -347,28 +244,10 @@ def screen(root: str) -> dict[int, bool]:
     good = {}
     for epoch in reversed(saved_epochs(root)):
         try:
-            good[epoch] = verify(step_directory(root, epoch))
-        except DamagedCheckpointError as error:
+            good[epoch] = manifest.verify(step_directory(root, epoch))
+        except manifest.DamagedCheckpointError as error:
             set_aside(root, epoch, error)
     return good
-
-
-@contextlib.contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """Ctrl-C inside the block takes effect when it ends: a checkpoint is written with its
-    manifest, or not at all (a save takes seconds at most)."""
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    received = []
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if received:
-        raise KeyboardInterrupt
 
 
 def checkpoint_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
@@ -381,64 +260,32 @@ def checkpoint_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointMana
                                  item_handlers=handlers)
 
 
-def is_disk_full(error: BaseException | None) -> bool:
-    """Whether ``error``, or an error it was raised from, says the device is full (orbax reports
-    it as a ValueError quoting the OS error)."""
-    while error is not None:
-        if (isinstance(error, OSError) and error.errno == errno.ENOSPC) \
-                or 'No space left on device' in str(error):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def _size(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(root, name))
-               for root, _, names in os.walk(path) for name in names)
-
-
-def disk_full_error(workdir: str, path: str, needed: int) -> DiskFullError:
-    """The one line for a full disk: where, how much is needed and free, what is kept."""
-    root = checkpoint_directory(workdir)
-    kept = saved_epochs(root)
-    free = shutil.disk_usage(next(p for p in (path, workdir, root, os.path.dirname(path), '/')
-                                  if os.path.exists(p))).free
-    what = f'the checkpoint of epoch {kept[-1]} is kept' if kept else 'no checkpoint was written'
-    return DiskFullError(f'no space left on device writing {path}: it needs about '
-                         f'{needed / 1e6:.1f} MB, {free / 1e6:.1f} MB are free; {what}; free some '
-                         'space and resume with the same command')
-
-
 def save(manager: ocp.CheckpointManager, epoch: int, state: Any, config: dict,
          run_info: dict) -> None:
-    """Saves ``state`` with its config and run info as epoch ``epoch``; waits until written.
-
-    Ctrl-C during the save and the manifest takes effect once both are written.
-
-    A full disk raises DiskFullError naming the path and the space needed (the size of the
-    previous checkpoint, or of the state); the partial write is removed, older checkpoints are
-    untouched.
-    """
-    root = str(manager.directory)
-    try:
-        with _interrupts_deferred(), _quiet_orbax():
-            manager.save(epoch, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),
-                run=ocp.args.JsonSave(run_info)), force=True)
-            manager.wait_until_finished()
-            if jax.process_index() == 0:
-                write_manifest(step_directory(root, epoch))
-    except Exception as error:
-        if not is_disk_full(error):
-            raise
-        previous = [e for e in saved_epochs(root) if e < epoch]
-        needed = _size(step_directory(root, previous[-1])) if previous else sum(
-            leaf.nbytes for leaf in jax.tree.leaves(state) if hasattr(leaf, 'nbytes'))
+    """Saves ``state`` with its config and run info as epoch ``epoch``, waits until written, then
+    writes its manifest (process 0). ``lclmt_jax.recovery.save_checkpoint`` is the trainer's
+    entry: Ctrl-C deferred, a full disk reported in one line."""
+    with _quiet_orbax():
+        manager.save(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),
+            run=ocp.args.JsonSave(run_info)), force=True)
+        manager.wait_until_finished()
         if jax.process_index() == 0:
-            for partial in glob.glob(step_directory(root, epoch) + '.orbax-checkpoint-tmp*'):
-                shutil.rmtree(partial, ignore_errors=True)
-        raise disk_full_error(os.path.dirname(root), step_directory(root, epoch),
-                              needed) from None
+            manifest.write_manifest(step_directory(str(manager.directory), epoch))
+
+
+def remove_partial(root: str, epoch: int) -> None:
+    """Removes what an unfinished save of ``epoch`` left in ``root`` (orbax's temporary folder;
+    process 0); the finished checkpoints are untouched."""
+    if jax.process_index() == 0:
+        for partial in glob.glob(step_directory(root, epoch) + '.orbax-checkpoint-tmp*'):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def size(path: str) -> int:
+    """The bytes of every file below ``path``."""
+    return sum(os.path.getsize(os.path.join(root, name))
+               for root, _, names in os.walk(path) for name in names)
 
 
 Check = Callable[[int, Mapping, Mapping], None]
@@ -537,7 +384,7 @@ def _checked_read(root: str, epoch: int) -> SavedModel:
     """The model of checkpoint ``epoch``, read only after its files match its manifest (one
     warning when it has none); raises on any mismatch or read failure."""
     directory = step_directory(root, epoch)
-    verified = verify(directory)
+    verified = manifest.verify(directory)
     if not verified:
         _warn_unchecked(directory)
     return _read_model(directory, epoch, verified)
@@ -573,8 +420,8 @@ def _checked_epochs(workdir: str) -> Iterator[int]:
     root = checkpoint_directory(workdir)
     for epoch in reversed(saved_epochs(root)):
         try:
-            verify(step_directory(root, epoch))
-        except DamagedCheckpointError:
+            manifest.verify(step_directory(root, epoch))
+        except manifest.DamagedCheckpointError:
             continue
         yield epoch
 

@@ -31,8 +31,9 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lclmt_jax import metrics
+from lclmt_jax import divergence
 from lclmt_jax.data import Dataset
+from lclmt_jax.metrics import EvalMetrics
 
 PIPELINES = ('auto', 'device', 'host')
 DEVICE_PIPELINE_MAX_BYTES = 2 << 30  # datasets up to 2 GiB stay on the device
@@ -143,7 +144,7 @@ def pad_to_multiple(images: np.ndarray, labels: np.ndarray,
 
 def device_train_epoch(train_step: TrainStep, mesh: jax.sharding.Mesh, batch_size: int,
                        num_examples: int) -> Callable:
-    """``train_epoch(state, images, labels, key) -> (state, TrainMetrics)``, one jitted call.
+    """``train_epoch(state, images, labels, key) -> (state, TrainReport)``, one jitted call.
 
     A ``lax.scan`` over the epoch's steps. ``images``/``labels`` are the whole replicated train
     set; ``key`` decides the epoch's example order; each step takes the rows
@@ -163,7 +164,7 @@ def device_train_epoch(train_step: TrainStep, mesh: jax.sharding.Mesh, batch_siz
             state, step_metrics = train_step(state, images[rows], labels[rows])
             return (state, totals.merge(step_metrics)), None
 
-        (state, totals), _ = jax.lax.scan(body, (state, metrics.TrainMetrics.empty()),
+        (state, totals), _ = jax.lax.scan(body, (state, divergence.TrainReport.empty()),
                                           jnp.arange(steps))
         return state, totals
 
@@ -185,7 +186,7 @@ def accumulating_step(train_step: TrainStep, mesh: jax.sharding.Mesh) -> Callabl
 
 def host_train_epoch(train_step: TrainStep, mesh: jax.sharding.Mesh,
                      batch_size: int) -> Callable:
-    """``train_epoch(state, images, labels, order) -> (state, TrainMetrics)`` from host arrays.
+    """``train_epoch(state, images, labels, order) -> (state, TrainReport)`` from host arrays.
 
     Each step is one jitted call (``accumulating_step``) on a prefetched global batch that every
     process assembles from its own rows.
@@ -193,7 +194,7 @@ def host_train_epoch(train_step: TrainStep, mesh: jax.sharding.Mesh,
     step = accumulating_step(train_step, mesh)
 
     def train_epoch(state, images, labels, order):
-        totals = jax.device_put(metrics.TrainMetrics.empty(), replicated(mesh))
+        totals = jax.device_put(divergence.TrainReport.empty(), replicated(mesh))
         for local in prefetch(process_local_batches(images, labels, order, batch_size)):
             state, totals = step(state, totals, *to_global_batch(mesh, local))
         return state, totals
@@ -214,7 +215,7 @@ def device_evaluate(eval_step: EvalStep, mesh: jax.sharding.Mesh, batch_size: in
             rows = jax.lax.with_sharding_constraint(rows, batch_sharded(mesh))
             return totals.merge(eval_step(state, images[rows], labels[rows], valid[rows])), None
 
-        totals, _ = jax.lax.scan(body, metrics.EvalMetrics.empty(),
+        totals, _ = jax.lax.scan(body, EvalMetrics.empty(),
                                  jnp.arange(images.shape[0] // batch_size))
         return totals
 
@@ -229,7 +230,7 @@ def host_evaluate(eval_step: EvalStep, mesh: jax.sharding.Mesh, batch_size: int)
     step = jax.jit(eval_and_accumulate, out_shardings=replicated(mesh))
 
     def evaluate(state, images, labels, valid):
-        totals = jax.device_put(metrics.EvalMetrics.empty(), replicated(mesh))
+        totals = jax.device_put(EvalMetrics.empty(), replicated(mesh))
         batches = process_local_batches(images, np.stack([labels, valid.astype(labels.dtype)], 1),
                                         np.arange(len(labels)), batch_size)
         for local_images, local_labels in prefetch(batches):
@@ -241,7 +242,7 @@ def host_evaluate(eval_step: EvalStep, mesh: jax.sharding.Mesh, batch_size: int)
 
 
 class Pipeline(NamedTuple):
-    """``train_epoch(state, epoch) -> (state, TrainMetrics)`` and
+    """``train_epoch(state, epoch) -> (state, TrainReport)`` and
     ``evaluate(state) -> EvalMetrics`` over a dataset, and which pipeline runs them."""
 
     train_epoch: Callable

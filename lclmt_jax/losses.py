@@ -40,11 +40,13 @@ Inflation = Callable[[Array, Array, Array], Array]
 
 class Method(NamedTuple):
     """A training method: its logit inflation, the certificate (a ``margins.CERTIFICATES`` name)
-    whose required gaps it inflates by, its name in figures and tables."""
+    whose required gaps it inflates by, its name in figures and tables, and ``paper``: the
+    registered method its paper published (``configs.paper_recipe``; None: no paper form)."""
 
     inflate: Inflation
     certificate: str
     label: str
+    paper: str | None = None
 
 
 METHODS: Registry[Method] = Registry('method')
@@ -103,14 +105,17 @@ def inflate_by_achieved_margin(logits: Array, labels: Array, gaps: Array) -> Arr
     return logits + jnp.where(is_true, 0.0, scale * gaps)
 
 
-# plain inflates nothing; its certificate only decides which margin its metrics report.
-METHODS.register('plain', Method(no_inflation, 'global', 'plain'))
-METHODS.register('lmt', Method(inflate_every_rival, 'global', 'LMT'))
-METHODS.register('lc_lmt', Method(inflate_binding_rival, 'global', 'LC-LMT'))
-METHODS.register('lmt_pairwise', Method(inflate_every_rival, 'pairwise', 'LMT-pw'))
-METHODS.register('lc_lmt_pairwise', Method(inflate_binding_rival, 'pairwise', 'LC-LMT-pw'))
-METHODS.register('gloro', Method(append_bottom_logit, 'pairwise', 'GloRo'))
-METHODS.register('emma', Method(inflate_by_achieved_margin, 'pairwise', 'EMMA'))
+# plain inflates nothing; its certificate only decides which margin its metrics report. LMT and
+# LC-LMT were published with the global constant sqrt(2)·L, so their pairwise forms' paper form
+# is the global one; GloRo and EMMA were published with the pairwise constants and keep them.
+METHODS.register('plain', Method(no_inflation, 'global', 'plain', paper='plain'))
+METHODS.register('lmt', Method(inflate_every_rival, 'global', 'LMT', paper='lmt'))
+METHODS.register('lc_lmt', Method(inflate_binding_rival, 'global', 'LC-LMT', paper='lc_lmt'))
+METHODS.register('lmt_pairwise', Method(inflate_every_rival, 'pairwise', 'LMT-pw', paper='lmt'))
+METHODS.register('lc_lmt_pairwise', Method(inflate_binding_rival, 'pairwise', 'LC-LMT-pw',
+                                           paper='lc_lmt'))
+METHODS.register('gloro', Method(append_bottom_logit, 'pairwise', 'GloRo', paper='gloro'))
+METHODS.register('emma', Method(inflate_by_achieved_margin, 'pairwise', 'EMMA', paper='emma'))
 
 
 def trains_for_margin(method: Method) -> bool:

@@ -3,49 +3,25 @@
 Per-example values come from one place, :func:`margin_outputs` (the margin condition the run's
 method trains for); :data:`TrainMetrics` and :data:`EvalMetrics` reduce them over an epoch on
 the device, and :func:`epoch_scalars` names them ``train_<metric>`` and ``test_<metric>``: a new
-metric is one line in a collection. Names written by older versions are mapped to today's when
+metric is one line in a collection. What steers a run rather than describes it (the first
+non-finite step) is ``lclmt_jax.divergence``'s; the sound bound's figures, computed on the host
+in float64, ``lclmt_jax.sound_metrics``'. Names written by older versions are mapped to today's when
 a run's records are read (``run_files.read_metrics``), so reports and plots read older runs.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from clu import metrics as clu_metrics
 
-from lclmt_jax import certify, losses, margins, models
+from lclmt_jax import losses, margins, models
 
 Array = jax.Array
-
-
-@flax.struct.dataclass
-class FirstNonFiniteStep(clu_metrics.Metric):
-    """The first step (0-based, in merge order) whose loss was not finite; -1 if none was."""
-
-    steps: Array
-    first: Array
-
-    @classmethod
-    def empty(cls) -> FirstNonFiniteStep:
-        return cls(steps=jnp.zeros((), jnp.int32), first=-jnp.ones((), jnp.int32))
-
-    @classmethod
-    def from_model_output(cls, *, loss: Array, **_) -> FirstNonFiniteStep:
-        return cls(steps=jnp.ones((), jnp.int32),
-                   first=jnp.where(jnp.isfinite(loss), -1, 0).astype(jnp.int32))
-
-    def merge(self, other: FirstNonFiniteStep) -> FirstNonFiniteStep:
-        later = jnp.where(other.first >= 0, self.steps + other.first, -1)
-        return type(self)(steps=self.steps + other.steps,
-                          first=jnp.where(self.first >= 0, self.first, later))
-
-    def compute(self) -> Array:
-        return self.first
 
 
 @flax.struct.dataclass
@@ -89,7 +65,7 @@ class MedianMargin(clu_metrics.Metric):
 # Per-epoch training metrics: means over the epoch's examples (the loss: over its steps), the
 # margin's mean over the correctly classified examples and its median (the definitions of
 # "the mean margin meets the required one" that docs/REPRODUCTION.md compares).
-TrainMetrics = clu_metrics.Collection.create(
+TRAIN_METRICS = dict(
     loss=clu_metrics.Average.from_output('loss'),
     accuracy=clu_metrics.Average.from_output('correct'),
     accuracy_inflated=clu_metrics.Average.from_output('inflated_correct'),
@@ -97,20 +73,19 @@ TrainMetrics = clu_metrics.Collection.create(
     margin_correct=clu_metrics.Average.from_fun(
         lambda margin, correct, **_: {'values': margin, 'mask': correct}),
     margin_median=MedianMargin,
-    required_margin=clu_metrics.Average.from_output('required_margin'),
-    first_non_finite_step=FirstNonFiniteStep)
+    required_margin=clu_metrics.Average.from_output('required_margin'))
+TrainMetrics = clu_metrics.Collection.create(**TRAIN_METRICS)
 
 # Test-set metrics over the valid (unpadded) examples. ``lipschitz`` is the training estimate of
 # L in eval mode (the same for every example), the L the test margins are held against.
-EvalMetrics = clu_metrics.Collection.create(
+EVAL_METRICS = dict(
     accuracy=clu_metrics.Average.from_output('correct'),
     margin=clu_metrics.Average.from_output('margin'),
     required_margin=clu_metrics.Average.from_output('required_margin'),
     bound_met=clu_metrics.Average.from_output('bound_met'),
     lipschitz=clu_metrics.Average.from_output('lipschitz'))
+EvalMetrics = clu_metrics.Collection.create(**EVAL_METRICS)
 
-# Reductions that steer the run rather than describe it: not written as scalars.
-NOT_SCALARS = ('first_non_finite_step',)
 
 def margin_outputs(method: losses.Method, output: models.ModelOutput, labels: Array,
                    epsilon: Array | float) -> dict[str, Array]:
@@ -125,20 +100,12 @@ def margin_outputs(method: losses.Method, output: models.ModelOutput, labels: Ar
 
 
 def epoch_scalars(train: clu_metrics.Collection, test: clu_metrics.Collection) -> dict[str, float]:
-    """An epoch's reductions as ``train_<name>`` and ``test_<name>`` floats (host)."""
+    """An epoch's metrics as ``train_<name>`` and ``test_<name>`` floats (host): those of
+    ``TrainMetrics`` and ``EvalMetrics``, whatever else the collections carry (the train step's
+    control signal, ``lclmt_jax.divergence``)."""
     scalars = {}
-    for prefix, collection in (('train', train), ('test', test)):
+    for prefix, collection, names in (('train', train, TRAIN_METRICS),
+                                      ('test', test, EVAL_METRICS)):
         scalars.update({f'{prefix}_{name}': float(value)
-                        for name, value in collection.compute().items()
-                        if name not in NOT_SCALARS})
+                        for name, value in collection.compute().items() if name in names})
     return scalars
-
-
-def sound_scalars(model: nn.Module, variables: Any, input_shape: tuple[int, ...],
-                  estimate: float, epsilon: float) -> dict[str, float]:
-    """The sound L (host, float64; ``certify``), its ratio to the training estimate (how far the
-    loss's bound lags the one the certificate will use: 1 means it tracks it exactly) and the
-    global required margin sqrt(2)·L·eps with the sound L."""
-    sound = certify.sound_bounds(model, jax.device_get(variables), input_shape).lipschitz
-    return {'lipschitz_sound': sound, 'sound_over_training': sound / float(estimate),
-            'required_margin_sound': float(margins.global_required_margin(sound, epsilon))}

@@ -6,13 +6,20 @@
   from there reach the suspect checkpoint's epoch, it is kept if identical and otherwise set
   aside to ``<epoch>.nonfinite`` (``NonFiniteGuard``). A second non-finite loss, or one with
   nothing to fall back to, stops the run with one line (``NonFiniteLossError``).
-* Ctrl-C becomes ``TrainingInterrupted`` and a full disk ``checkpoints.DiskFullError``, each one
-  line naming what is kept (``translated_failures``); every earlier checkpoint stays.
+* Ctrl-C becomes ``TrainingInterrupted`` and a full disk ``DiskFullError``, each one line naming
+  what is kept (``translated_failures``); every earlier checkpoint stays. A checkpoint is
+  written with its manifest or not at all: Ctrl-C waits for both (``save_checkpoint``), and the
+  partial write of a save that found the disk full is removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import shutil
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,11 +36,81 @@ class TrainingInterrupted(RuntimeError):
     """Ctrl-C (SIGINT) stopped training; every checkpoint is kept and the same command resumes."""
 
 
-def kept(workdir: str) -> str:
-    """What a stopped run leaves to resume from, for its one line."""
-    epochs = checkpoints.saved_epochs(checkpoints.checkpoint_directory(workdir))
+class DiskFullError(OSError):
+    """No space was left on the device while a run wrote its workdir."""
+
+
+def kept_line(epochs: list[int]) -> str:
+    """What a stopped run with checkpoints of ``epochs`` leaves to resume from, for its line."""
     return f'the checkpoint of epoch {epochs[-1]} is kept' if epochs else \
         'no checkpoint was written'
+
+
+def kept(workdir: str) -> str:
+    """What a stopped run leaves in ``workdir`` to resume from, for its one line."""
+    return kept_line(checkpoints.saved_epochs(checkpoints.checkpoint_directory(workdir)))
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C inside the block takes effect when it ends: a checkpoint is written with its
+    manifest, or not at all (a save takes seconds at most)."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    received = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """Whether ``error``, or an error it was raised from, says the device is full (orbax reports
+    it as a ValueError quoting the OS error)."""
+    while error is not None:
+        if (isinstance(error, OSError) and error.errno == errno.ENOSPC) \
+                or 'No space left on device' in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full_error(workdir: str, path: str, needed: int) -> DiskFullError:
+    """The one line for a full disk: where, how much is needed and free, what is kept."""
+    root = checkpoints.checkpoint_directory(workdir)
+    kept = checkpoints.saved_epochs(root)
+    free = shutil.disk_usage(next(p for p in (path, workdir, root, os.path.dirname(path), '/')
+                                  if os.path.exists(p))).free
+    return DiskFullError(f'no space left on device writing {path}: it needs about '
+                         f'{needed / 1e6:.1f} MB, {free / 1e6:.1f} MB are free; {kept_line(kept)}; '
+                         'free some space and resume with the same command')
+
+
+def save_checkpoint(manager: Any, epoch: int, state: Any, config: dict, run_info: dict) -> None:
+    """``checkpoints.save`` as a training run needs it: Ctrl-C during the save and the manifest
+    takes effect once both are written; a full disk raises DiskFullError naming the path and the
+    space needed (the size of the previous checkpoint, or of the state), after the partial write
+    is removed (older checkpoints are untouched)."""
+    root = str(manager.directory)
+    try:
+        with interrupts_deferred():
+            checkpoints.save(manager, epoch, state, config, run_info)
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        previous = [e for e in checkpoints.saved_epochs(root) if e < epoch]
+        needed = checkpoints.size(checkpoints.step_directory(root, previous[-1])) if previous \
+            else sum(leaf.nbytes for leaf in jax.tree.leaves(state) if hasattr(leaf, 'nbytes'))
+        checkpoints.remove_partial(root, epoch)
+        raise disk_full_error(os.path.dirname(root), checkpoints.step_directory(root, epoch),
+                              needed) from None
+
+
 
 
 class NonFiniteGuard:
@@ -100,7 +177,7 @@ def translated_failures(workdir: str, abstract: Any) -> Iterator[dict]:
         raise TrainingInterrupted(f'interrupted at epoch {progress["epoch"]}; {kept(workdir)}; '
                                   'resume with the same command') from None
     except OSError as error:
-        if isinstance(error, checkpoints.DiskFullError) or not checkpoints.is_disk_full(error):
+        if isinstance(error, DiskFullError) or not is_disk_full(error):
             raise
         needed = sum(leaf.nbytes for leaf in jax.tree.leaves(abstract))
-        raise checkpoints.disk_full_error(workdir, error.filename or workdir, needed) from None
+        raise disk_full_error(workdir, error.filename or workdir, needed) from None

@@ -1,5 +1,4 @@
-"""The files a run leaves in its workdir beside its checkpoints, written and read here, and
-the resume policy: which config changes a workdir's training survives.
+"""The files a run leaves in its workdir beside its checkpoints, written and read here.
 
 ``config.json`` (the resolved config), ``run.json`` (dataset name, input shape, classes) and
 ``metrics.jsonl`` (one record per epoch, written through ``lclmt_jax.writers``). Only process 0
@@ -7,7 +6,8 @@ writes. ``config.json`` and ``run.json`` are written with each checkpoint, so th
 only once something was trained there: a run that diverged before its first checkpoint leaves
 none, and the next command may use another config. On resume ``metrics.jsonl`` is rewritten to
 hold exactly the epochs of the checkpoint resumed from, once each. Needs neither TensorFlow
-nor the trainer, so reports and comparisons read runs cheaply.
+nor the trainer, so reports and comparisons read runs cheaply. Which config changes a workdir's
+training survives is ``lclmt_jax.resume``'s.
 Files written by older versions are read in today's terms (``LEGACY_METRIC_NAMES``,
 ``config_from_dict``).
 """
@@ -18,13 +18,11 @@ import json
 import os
 from collections.abc import Mapping
 
-import flax
 import jax
 import ml_collections
-import numpy as np
 
-from lclmt_jax import checkpoints, console
-from lclmt_jax.configs import default_config
+from lclmt_jax import console
+from lclmt_jax.config_schema import default_config
 
 METRICS_FILE = 'metrics.jsonl'
 CONFIG_FILE = 'config.json'
@@ -33,14 +31,6 @@ RUN_INFO_FILE = 'run.json'
 # Metric names older versions wrote -> today's names (``lclmt_jax.metrics``).
 LEGACY_METRIC_NAMES = {'lipschitz': 'test_lipschitz', 'required_margin': 'test_required_margin',
                        'steps_per_sec': 'epochs_per_second'}
-
-# Fields that may change between invocations on one workdir without invalidating its training:
-# how long it trains (it resumes), how often it checkpoints, where the data files are, how it is
-# evaluated (``attack``: the CW-L2 settings of older versions).
-NOT_TRAINING_FIELDS = ('num_epochs', 'checkpoint_every_epochs', 'eval_batch_size', 'certificate',
-                       'evaluators', 'evals', 'evaluation', 'attack', 'data.path',
-                       'data.manual_dir', 'data.data_dir', 'data.pipeline',
-                       'bound.sound_every_epochs')
 
 
 def check_workdir(workdir: str) -> None:
@@ -154,57 +144,3 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     if not os.path.exists(path):
         raise FileNotFoundError(f'{path} not found: is {workdir!r} the workdir of a training run?')
     return config_from_dict(read_json(path))
-
-
-def training_differences(saved: Mapping, config: ml_collections.ConfigDict) -> list[str]:
-    """The training fields in which ``config`` differs from the saved config ``saved`` (a
-    ``config_as_dict``), as ``key=saved`` pairs with the new value, sorted by key.
-
-    Every field but ``NOT_TRAINING_FIELDS`` counts; a field only one of them has was added to
-    (or dropped from) the code in between and does not count.
-    """
-    old = flax.traverse_util.flatten_dict(dict(saved), sep='.')
-    new = flax.traverse_util.flatten_dict(config_as_dict(config), sep='.')
-    changed = sorted(key for key in old.keys() & new.keys() if old[key] != new[key] and not any(
-        key == field or key.startswith(f'{field}.') for field in NOT_TRAINING_FIELDS))
-    return [f'{key}={old[key]!r}, the config now says {new[key]!r}' for key in changed]
-
-
-def _refusal(workdir: str, differences: list[str], where: str) -> str:
-    more = f' (and {len(differences) - 1} more field(s))' if len(differences) > 1 else ''
-    return (f'{workdir} was trained with {differences[0]}{more}; use another --workdir, or run '
-            f'with the config it was trained with ({where})')
-
-
-def check_same_training(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Refuses to resume a workdir whose run was trained with other training fields.
-
-    Compares ``config`` with the workdir's ``config.json`` (written with its checkpoints) and
-    with the config saved in its newest checkpoint, so a deleted or edited ``config.json``
-    changes nothing. Raises ``checkpoints.CheckpointMismatchError`` (a ValueError).
-    """
-    path = os.path.join(workdir, CONFIG_FILE)
-    if os.path.exists(path):
-        differences = training_differences(read_json(path), config)
-        if differences:
-            raise checkpoints.CheckpointMismatchError(_refusal(workdir, differences,
-                                                               f'its {CONFIG_FILE}'))
-    saved = checkpoints.saved_setup(workdir)
-    if saved is not None:
-        check_resumable(workdir, saved[0], saved[1], saved[2], config)
-
-
-def check_resumable(workdir: str, epoch: int, saved_config: Mapping, saved_run: Mapping,
-                    config: ml_collections.ConfigDict, run_info: Mapping | None = None) -> None:
-    """Refuses the checkpoint of ``epoch``, saved with ``saved_config`` and ``saved_run``, for a
-    run of ``config`` on data described by ``run_info`` (None: not loaded yet): another training
-    field, input shape or number of classes is a mismatch, one line naming it and the ways out.
-    Nothing is moved: the checkpoint is intact."""
-    differences = training_differences(saved_config, config)
-    for key in ('input_shape', 'num_classes'):
-        if run_info is not None and key in saved_run and list(np.atleast_1d(saved_run[key])) \
-                != list(np.atleast_1d(run_info[key])):
-            differences.append(f'{key}={saved_run[key]!r}, the data now has {run_info[key]!r}')
-    if differences:
-        raise checkpoints.CheckpointMismatchError(_refusal(
-            workdir, differences, f'saved in {checkpoints.CHECKPOINT_DIR}/{epoch}/config'))

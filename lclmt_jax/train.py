@@ -29,13 +29,16 @@ from lclmt_jax import (
     checkpoints,
     console,
     data,
+    divergence,
     input_pipeline,
     losses,
     metrics,
     models,
     optimizers,
     recovery,
+    resume,
     run_files,
+    sound_metrics,
     validation,
     workdir_lock,
     writers,
@@ -68,7 +71,8 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
 
 def make_train_step(model: nn.Module, config: ml_collections.ConfigDict,
                     steps_per_epoch: int) -> Callable:
-    """``train_step(state, uint8 images, labels) -> (state, TrainMetrics)`` on one global batch.
+    """``train_step(state, uint8 images, labels) -> (state, TrainReport)`` on one global batch
+    (``divergence.TrainReport``: the metrics and the non-finite signal).
 
     The loss's epsilon follows ``losses.epsilon_schedule`` of the state's step; the margin
     metrics use the full epsilon. ``inflated_correct`` is the accuracy of the inflated logits
@@ -100,7 +104,7 @@ def make_train_step(model: nn.Module, config: ml_collections.ConfigDict,
         outputs = metrics.margin_outputs(method, output, labels, config.epsilon)
         inflated = losses.inflated_logits(method, output, labels, epsilon)
         outputs['inflated_correct'] = jnp.argmax(inflated, axis=-1) == labels
-        return state, metrics.TrainMetrics.single_from_model_output(loss=loss, **outputs)
+        return state, divergence.TrainReport.single_from_model_output(loss=loss, **outputs)
 
     return train_step
 
@@ -176,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     """Trains ``config`` in ``workdir``: metrics per epoch, checkpoints, resume if interrupted.
 
     Everything that can be checked is checked before any work: the config, the workdir, the
-    training fields the workdir was trained with (``run_files.check_same_training``), the data.
+    training fields the workdir was trained with (``resume.check_same_training``), the data.
     Then the run holds the workdir's lock (``workdir_lock``: one run per workdir) until it ends.
     Resuming reads the newest good checkpoint (``checkpoints.restore_train_state``): a damaged
     one is set aside, an intact one saved for another config, data shape or parameter tree is
@@ -185,7 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     """
     validation.validate_config(config)
     run_files.check_workdir(workdir)
-    run_files.check_same_training(workdir, config)
+    resume.check_same_training(workdir, config)
     dataset = data.load_dataset(config.data)
     num_train = len(dataset.train_labels)
     if num_train < config.batch_size:
@@ -198,7 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 'input_shape': list(input_shape)}
 
     def check(epoch, saved_config, saved_run):
-        run_files.check_resumable(workdir, epoch, saved_config, saved_run, config, run_info)
+        resume.check_resumable(workdir, epoch, saved_config, saved_run, config, run_info)
 
     abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(
         leaf.shape, leaf.dtype, sharding=leaf.sharding), trainer.state)
@@ -237,7 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             sound_every = config.bound.sound_every_epochs
             if sound_every and (epoch % sound_every == 0 or epoch == config.num_epochs) \
                     and jax.process_index() == 0:
-                scalars.update(metrics.sound_scalars(
+                scalars.update(sound_metrics.sound_scalars(
                     trainer.model, {'params': state.params, **state.model_state}, input_shape,
                     scalars['test_lipschitz'], config.epsilon))
             report_progress(epoch)
@@ -246,9 +250,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             if guard.at_suspect(epoch):
                 if guard.replaces_suspect(epoch, state):
                     manager.reload()
-                    checkpoints.save(manager, epoch, state, config_dict, run_info)
+                    recovery.save_checkpoint(manager, epoch, state, config_dict, run_info)
             elif epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
-                checkpoints.save(manager, epoch, state, config_dict, run_info)
+                recovery.save_checkpoint(manager, epoch, state, config_dict, run_info)
                 run_files.save_json(workdir, run_files.CONFIG_FILE, config_dict)
                 run_files.save_json(workdir, run_files.RUN_INFO_FILE, run_info)
             epoch += 1

@@ -62,7 +62,7 @@ from lclmt_jax import (  # noqa: E402
     bounds,
     certify,
     compilation_cache,
-    configs,
+    config_schema,
     data,
     margins,
     restored,
@@ -497,7 +497,7 @@ def make_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     config.epsilon = args.epsilon
     config.data.path = args.data
     config.checkpoint_every_epochs = 1
-    return configs.apply_overrides(config, dict(args.set), '--set')
+    return config_schema.apply_overrides(config, dict(args.set), '--set')
 
 
 def main() -> None:

@@ -29,10 +29,10 @@ compilation_cache.enable()
 @pytest.fixture(scope='session')
 def trained_workdir(tmp_path_factory):
     """LC-LMT on the embedded digits for 3 epochs, with a small CW-L2 attack configured."""
-    from lclmt_jax import configs, train
+    from lclmt_jax import config_schema, configs, train
 
     workdir = str(tmp_path_factory.mktemp('run'))
-    config = configs.mnist_variant(configs.default_config(), 'embedded')
+    config = configs.mnist_variant(config_schema.default_config(), 'embedded')
     config.num_epochs = 3
     config.evals.cw_l2.update(steps=30, binary_search_steps=3, batch_size=200)
     train.train_and_evaluate(config, workdir)

@@ -18,7 +18,7 @@ import chex
 import pytest
 
 import lclmt_jax
-from lclmt_jax import checkpoints, configs, run_files, train
+from lclmt_jax import checkpoints, config_schema, configs, manifest, run_files, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 8
@@ -77,7 +77,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert 'resuming from the checkpoint of epoch' in open(log_path).read()
 
     # The uninterrupted reference, in this process: same 4 faked devices, same pipeline.
-    config = configs.mnist_variant(configs.default_config(), 'embedded')
+    config = configs.mnist_variant(config_schema.default_config(), 'embedded')
     config.update(num_epochs=EPOCHS)  # checkpointing less often changes nothing else
     train.train_and_evaluate(config, str(tmp_path / 'whole'))
 
@@ -131,7 +131,7 @@ def _damage(workdir, epoch, which):
     """Truncates half of every file of a checkpoint, or of its array files only."""
     root = os.path.join(workdir, checkpoints.CHECKPOINT_DIR, str(epoch))
     files = [os.path.join(r, n) for r, _, names in os.walk(root) for n in names
-             if n != checkpoints.MANIFEST]
+             if n != manifest.MANIFEST]
     if which == 'array files':
         files = [f for f in files if f'{os.sep}d{os.sep}' in f]
     assert files
@@ -143,7 +143,7 @@ def _damage(workdir, epoch, which):
 def three_epochs(tmp_path):
     """A run with checkpoints of epochs 1, 2 and 3."""
     workdir = str(tmp_path / 'run')
-    config = configs.mnist_variant(configs.default_config(), 'embedded')
+    config = configs.mnist_variant(config_schema.default_config(), 'embedded')
     config.update(num_epochs=3, checkpoint_every_epochs=1)
     train.train_and_evaluate(config, workdir)
     return workdir
@@ -174,9 +174,9 @@ def test_evaluate_takes_the_newest_good_checkpoint_unless_told_which(three_epoch
     path = os.path.join(os.path.abspath(workdir), checkpoints.CHECKPOINT_DIR, '3')
     damaged = _damage(workdir, 3, 'array files')
     first = sorted(damaged)[0]  # the first file the manifest lists that no longer matches
-    manifest = json.load(open(os.path.join(path, checkpoints.MANIFEST)))
+    entries = json.load(open(os.path.join(path, manifest.MANIFEST)))
     reason = (f'DamagedCheckpointError: {first} has {len(damaged[first])} of its '
-              f'{manifest[first][0]} bytes')
+              f'{entries[first][0]} bytes')
     chosen = _run('--mode=evaluate', f'--workdir={workdir}', '--checkpoint=3',
                   '--evaluators=certificates', '--max_examples=50')
     assert chosen.returncode == 1
@@ -195,13 +195,13 @@ def test_evaluate_takes_the_newest_good_checkpoint_unless_told_which(three_epoch
 
 def test_the_manifest_names_a_truncated_or_altered_file(three_epochs):
     path = os.path.join(three_epochs, checkpoints.CHECKPOINT_DIR, '3')
-    assert checkpoints.verify(path)
+    assert manifest.verify(path)
     name = sorted(n for n in os.listdir(os.path.join(path, 'config')))[0]
     file = os.path.join(path, 'config', name)
     content = open(file, 'rb').read()
     open(file, 'wb').write(content[:-1] + bytes([content[-1] ^ 1]))  # same size, one bit off
-    with pytest.raises(checkpoints.DamagedCheckpointError,
+    with pytest.raises(manifest.DamagedCheckpointError,
                        match=f'config/{name} does not match its checksum'):
-        checkpoints.verify(path)
-    os.remove(os.path.join(path, checkpoints.MANIFEST))
-    assert not checkpoints.verify(path)  # nothing to check against: tried as it is
+        manifest.verify(path)
+    os.remove(os.path.join(path, manifest.MANIFEST))
+    assert not manifest.verify(path)  # nothing to check against: tried as it is

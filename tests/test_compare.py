@@ -1,4 +1,4 @@
-"""``--mode=compare`` (``sweeps.compare_runs``): every run file checked before anything is
+"""``--mode=compare`` (``comparison.compare_runs``): every run file checked before anything is
 written, standard JSON out, a readable ``comparison.md`` and figures that say what they show.
 
 The runs here are written file by file with the library's own writers (config.json, run.json,
@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from lclmt_jax import configs, plots, run_files, sweeps, writers
+from lclmt_jax import comparison, config_schema, configs, plots, run_files, writers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, 'tests', 'fixtures')
@@ -32,7 +32,7 @@ CERTIFIED_ZERO, ATTACK_ZERO = 2.1, 6.3
 def _write_run(workdir, method='lc_lmt_pairwise', epsilon=1.0, epochs=3, evaluated=True):
     """A finished run's files: ``epochs`` metrics records, and if ``evaluated`` an evaluation
     with both certificates and the attack (``GRID``)."""
-    config = configs.mnist_variant(configs.default_config(), 'embedded')
+    config = configs.mnist_variant(config_schema.default_config(), 'embedded')
     config.method, config.epsilon, config.num_epochs = method, epsilon, epochs
     run_files.save_json(workdir, run_files.CONFIG_FILE, run_files.config_as_dict(config))
     run_files.save_json(workdir, run_files.RUN_INFO_FILE, {
@@ -167,7 +167,7 @@ def test_a_malformed_run_file_is_one_error_naming_it_and_nothing_is_created(
     damage(runs[0])
     outdir = tmp_path / 'out' / 'figures'
     with pytest.raises((ValueError, OSError), match=message) as error:
-        sweeps.compare_runs(runs, str(outdir))
+        comparison.compare_runs(runs, str(outdir))
     assert '\n' not in str(error.value)
     assert str(error.value).startswith(runs[0]) or 'not found' in str(error.value)
     assert not (tmp_path / 'out').exists()
@@ -195,7 +195,7 @@ def test_non_finite_figures_are_written_as_null(runs, tmp_path):
     path = os.path.join(runs[0], 'evaluation', 'evaluation.json')
     _edit(path, '"lipschitz_sound": 2.5', '"lipschitz_sound": 1e999')
     _edit(path, '"clean_accuracy": 0.8', '"clean_accuracy": NaN')
-    table = sweeps.compare_runs(runs, str(tmp_path / 'out'))
+    table = comparison.compare_runs(runs, str(tmp_path / 'out'))
     written = _strict_json(tmp_path / 'out' / 'comparison.json')
     assert written[0]['lipschitz_sound'] is None and written[0]['clean_accuracy'] is None
     assert written[1]['lipschitz_sound'] == 2.5  # the finite ones stay
@@ -219,13 +219,13 @@ def test_legacy_runs_are_compared(tmp_path):
     for name in ('run_151ddc4', 'cnn_151ddc4'):
         legacy.append(str(tmp_path / name))
         shutil.copytree(os.path.join(FIXTURES, name), legacy[-1])
-    table = sweeps.compare_runs(legacy, str(tmp_path / 'out'))
+    table = comparison.compare_runs(legacy, str(tmp_path / 'out'))
     assert [row['epochs'] for row in table] == [2, 2]
     assert (tmp_path / 'out' / 'fig1a_margins.png').stat().st_size > 0
 
 
 def test_comparison_md_has_a_headline_table_and_the_rest_transposed(runs, tmp_path):
-    table = sweeps.compare_runs(runs, str(tmp_path / 'out'))
+    table = comparison.compare_runs(runs, str(tmp_path / 'out'))
     with open(tmp_path / 'out' / 'comparison.md') as f:
         text = f.read()
     headline, rest = text.split('## Every other figure')
@@ -241,13 +241,13 @@ def test_comparison_md_has_a_headline_table_and_the_rest_transposed(runs, tmp_pa
     transposed = [line for line in rest.splitlines() if line.startswith('| ')]
     assert transposed[0].count('|') == len(runs) + 2  # a row per figure, a column per run
     shown = {line.split('|')[1].strip() for line in transposed[1:]}
-    hidden = set(sweeps.headline_columns(table, 'pairwise', EPSILONS)) | {'workdir', 'method'}
+    hidden = set(comparison.headline_columns(table, 'pairwise', EPSILONS)) | {'workdir', 'method'}
     assert shown | hidden == set(table[0]) | set(table[1])
     assert 'mlp on embedded_mnist' in text.splitlines()[0]
 
 
 def test_figures_name_what_they_show_and_fit_their_curves(runs, tmp_path, drawn):
-    sweeps.compare_runs(runs, str(tmp_path / 'out'))
+    comparison.compare_runs(runs, str(tmp_path / 'out'))
     assert set(drawn) == {'fig1a_margins.png', 'fig1b_loss.png', 'fig2_attack.png',
                           'fig2_certified_pairwise.png', 'fig2_certified_global.png'}
     titles = {name: ' '.join([fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)])

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from lclmt_jax import configs, losses, models, run_files, sweeps, validation
+from lclmt_jax import config_schema, configs, losses, models, run_files, sweeps, validation
 
 EXPERIMENTS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), '..', 'experiments',
                                             '*.py')))
@@ -39,7 +39,7 @@ def test_experiment_configs_validate(path, tmp_path):
     assert config.method in losses.METHODS and config.model in models.MODELS
     for member in getattr(module, 'get_sweep', lambda variant: [])(''):
         overrides = {key: value for key, value in member.items() if key != sweeps.NAME_KEY}
-        _validate(configs.apply_overrides(module.get_config(), overrides), tmp_path)
+        _validate(config_schema.apply_overrides(module.get_config(), overrides), tmp_path)
 
 
 def test_method_and_model_of_the_named_experiments():
@@ -67,13 +67,13 @@ def test_reading_a_config_imports_no_jax_and_no_model_code():
 
 def test_an_unknown_variant_names_the_allowed_ones():
     with pytest.raises(ValueError, match="unknown config variant 'foo'; allowed:"):
-        configs.mnist_variant(configs.default_config(), 'foo')
+        configs.mnist_variant(config_schema.default_config(), 'foo')
     with pytest.raises(ValueError, match="unknown config variant 'foo'; allowed:"):
-        configs.svhn_variant(configs.default_config(), 'foo')
+        configs.svhn_variant(config_schema.default_config(), 'foo')
 
 
 def test_optimizer_settings_reach_optax_and_bad_ones_are_one_line():
-    config = configs.svhn_variant(configs.default_config(), 'smoke')
+    config = configs.svhn_variant(config_schema.default_config(), 'smoke')
     assert (config.optimizer, dict(config.optimizer_kwargs)) == (
         'sgd', {'momentum': 0.9, 'nesterov': True})
     validation.validate_config(config, num_devices=1)
@@ -83,11 +83,11 @@ def test_optimizer_settings_reach_optax_and_bad_ones_are_one_line():
 
 
 def test_a_saved_config_reads_back_over_todays_defaults():
-    config = configs.svhn_variant(configs.default_config(), 'smoke')
+    config = configs.svhn_variant(config_schema.default_config(), 'smoke')
     saved = run_files.config_as_dict(config)
     del saved['evaluators']  # as if saved before the field existed
     restored = run_files.config_from_dict(saved)
-    assert restored.evaluators == configs.default_config().evaluators
+    assert restored.evaluators == config_schema.default_config().evaluators
     assert restored.evaluation.epsilons == config.evaluation.epsilons  # a tuple again
     assert restored.wrn.depth == 10 and restored.optimizer_kwargs.nesterov
 
@@ -95,14 +95,14 @@ def test_a_saved_config_reads_back_over_todays_defaults():
 def test_the_paper_variant_composes_with_the_data_variants():
     from lclmt_jax import bounds
 
-    new = configs.mnist_variant(configs.default_config(), 'idx')
-    paper = configs.mnist_variant(configs.default_config(), 'idx,paper')
+    new = configs.mnist_variant(config_schema.default_config(), 'idx')
+    paper = configs.mnist_variant(config_schema.default_config(), 'idx,paper')
     assert new.data.source == paper.data.source == 'idx'
     assert (new.method, paper.method) == ('lc_lmt_pairwise', 'lc_lmt')
     assert models.estimator(new) == bounds.Estimator(1, 16, 16)
     assert models.estimator(paper) == bounds.ONE_VECTOR  # one vector, one step
     with pytest.raises(ValueError, match="unknown config variant 'papers'"):
-        configs.mnist_variant(configs.default_config(), 'idx,papers')
+        configs.mnist_variant(config_schema.default_config(), 'idx,papers')
 
 
 def test_the_gloro_learning_rate_schedule_decays_to_1e_6_after_half():
@@ -122,7 +122,7 @@ def test_config_sections_that_mirror_library_defaults_agree_with_them():
     from lclmt_jax import attacks
     from lclmt_jax.models.mlp import MLP
 
-    config = configs.default_config()
+    config = config_schema.default_config()
     fields = {field.name: field.default for field in dataclasses.fields(MLP)}
     assert {name: fields[name] for name in config.mlp} == dict(config.mlp)
     attack = dict(config.evals.cw_l2)
@@ -141,7 +141,7 @@ def test_config_sections_that_mirror_library_defaults_agree_with_them():
     ('evaluation.epsilons', (), 'evaluation.epsilons must be a non-empty tuple of radii'),
 ])
 def test_every_field_is_checked_in_one_line(field, value, message):
-    config = configs.mnist_variant(configs.default_config(), 'embedded')
+    config = configs.mnist_variant(config_schema.default_config(), 'embedded')
     if '.' in field and field.split('.')[0] in config:
         section, name = field.split('.')
         config[section][name] = value

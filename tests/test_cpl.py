@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from bound_testing import conv_matrix
 
-from lclmt_jax import bounds, certify, configs, convolution, input_pipeline, models, train
+from lclmt_jax import bounds, certify, config_schema, convolution, input_pipeline, models, train
 from lclmt_jax.layers import cpl
 from lclmt_jax.models.lipconvnet import LipConvNet
 
@@ -74,7 +74,7 @@ def test_the_sound_bound_covers_the_svd_rule_and_every_jacobian(step_factor):
 
 
 def test_training_steps_track_the_norm_and_evaluation_uses_the_stored_step():
-    layer = cpl.CPLConv(inner=3, estimator=models.estimator(configs.default_config())
+    layer = cpl.CPLConv(inner=3, estimator=models.estimator(config_schema.default_config())
                         ._replace(power_iterations=20))
     x = jnp.asarray(np.random.default_rng(3).normal(size=(2, *SHAPE)), jnp.float32)
     variables = layer.init(jax.random.key(0), x)
@@ -116,7 +116,7 @@ def test_the_float32_allowance_bounds_measured_logit_errors_of_a_cpl_network():
 
 
 def test_a_cpl_lipconvnet_trains_through_the_trainer():
-    config = configs.default_config()
+    config = config_schema.default_config()
     config.model, config.batch_size = 'lipconvnet', 8
     config.lipconvnet = ml_collections.ConfigDict({'layer': 'cpl', 'width': 4, 'blocks': 2,
                                                    'layers_per_block': 1})

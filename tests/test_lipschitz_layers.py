@@ -11,7 +11,16 @@ import optax
 import pytest
 from bound_testing import conv_matrix
 
-from lclmt_jax import attacks, bounds, certify, configs, convolution, input_pipeline, models, train
+from lclmt_jax import (
+    attacks,
+    bounds,
+    certify,
+    config_schema,
+    convolution,
+    input_pipeline,
+    models,
+    train,
+)
 from lclmt_jax.layers import aol, sll
 from lclmt_jax.layers.aol import AOLConv
 from lclmt_jax.layers.sll import SLLConv
@@ -345,7 +354,7 @@ def line_search_norms(logits_fn, images, labels):
 
 
 def test_lipconvnet_trains_through_the_trainer():
-    config = configs.default_config()
+    config = config_schema.default_config()
     config.model, config.batch_size = 'lipconvnet', 8
     config.lipconvnet = ml_collections.ConfigDict({'layer': 'sll', **TINY})
     trainer = train.create_trainer(config, (8, 8, 3), 10)

@@ -14,6 +14,7 @@ from lclmt_jax import (
     augment,
     bounds,
     certify,
+    config_schema,
     configs,
     convolution,
     data,
@@ -153,7 +154,7 @@ def test_lln_head_carries_unit_columns_that_the_forward_applies():
 
 
 def test_a_briefly_trained_liresnets_float32_pairwise_radii_survive_cw_l2():
-    config = configs.mnist_variant(configs.default_config(), 'embedded')
+    config = configs.mnist_variant(config_schema.default_config(), 'embedded')
     config.update(model='liresnet', method='emma', epsilon=0.5, batch_size=64)
     config.liresnet = {'depth': 2, 'width': 8, 'neck_features': 8, 'neck_size': 7,
                        'dense_features': 32}
@@ -240,7 +241,7 @@ def test_augmentation_is_the_same_on_one_and_four_devices():
 
 
 def test_the_train_step_augments_with_the_key_of_seed_and_step_and_is_off_by_default():
-    config = configs.mnist_variant(configs.default_config(), 'embedded')
+    config = configs.mnist_variant(config_schema.default_config(), 'embedded')
     assert (config.augment.crop_padding, config.augment.flip) == (0, False)
     config.mlp.hidden_sizes = (16,)
     images = _images(8, 28)[..., :1]
@@ -264,7 +265,7 @@ def test_the_train_step_augments_with_the_key_of_seed_and_step_and_is_off_by_def
     ('flip', 'yes', 'augment.flip must be True or False'),
 ])
 def test_augment_settings_are_checked(field, value, message):
-    config = configs.mnist_variant(configs.default_config(), 'embedded')
+    config = configs.mnist_variant(config_schema.default_config(), 'embedded')
     # a whole new section: assigning a field of another type would fail in ml_collections first
     config.augment = ml_collections.ConfigDict({**config.augment, field: value})
     with pytest.raises(ValueError, match=message):

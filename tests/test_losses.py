@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from lclmt_jax import configs, losses, margins
+from lclmt_jax import config_schema, configs, losses, margins
 from lclmt_jax.models import ModelOutput
 
 LOGITS = jnp.array([[3.0, 1.0, 2.0, -1.0],
@@ -64,7 +64,7 @@ def test_method_loss_is_cross_entropy_of_the_inflated_logits_with_global_gaps():
 
 
 def test_epsilon_warmup_ramps_linearly_then_holds():
-    config = configs.default_config()
+    config = config_schema.default_config()
     config.update(epsilon=0.8, epsilon_warmup_epochs=2.0)
     schedule = losses.epsilon_schedule(config, steps_per_epoch=10)
     np.testing.assert_allclose([float(schedule(s)) for s in (0, 5, 10, 20, 25, 1000)],
@@ -118,7 +118,7 @@ def test_trades_is_clean_cross_entropy_plus_lambda_kl():
 
 
 def test_the_log_ramp_rises_fast_then_holds():
-    config = configs.default_config()
+    config = config_schema.default_config()
     config.update(epsilon=1.0, epsilon_warmup_epochs=1.0, epsilon_schedule='log')
     schedule = losses.epsilon_schedule(config, steps_per_epoch=100)
     values = [float(schedule(s)) for s in (0, 38, 50, 100, 500)]
@@ -134,10 +134,14 @@ def test_every_method_trains_for_a_registered_certificate_and_has_a_paper_recipe
     for name in losses.METHODS:
         method = losses.METHODS.get(name)
         assert method.certificate in margins.CERTIFICATES
-        paper = configs.PAPER_METHODS[name]
         # the paper recipe of LMT and LC-LMT is their global form
-        assert losses.METHODS.get(paper).inflate is method.inflate
-    assert configs.PAPER_METHODS['gloro'] == 'gloro'  # GloRo was published pairwise
+        paper = losses.METHODS.get(method.paper)
+        assert paper.inflate is method.inflate and paper.paper == method.paper
+        config = configs.paper_recipe(config_schema.default_config())
+        config.method = name
+        assert configs.paper_recipe(config).method == method.paper
+    assert losses.METHODS.get('lc_lmt_pairwise').paper == 'lc_lmt'
+    assert losses.METHODS.get('gloro').paper == 'gloro'  # GloRo was published pairwise
 
 
 def test_emma_raises_each_rival_by_the_share_of_its_gap_already_won():
@@ -146,7 +150,7 @@ def test_emma_raises_each_rival_by_the_share_of_its_gap_already_won():
     labels = jnp.array([0, 0])
     gaps = jnp.array([[0.0, 4.0, 0.5, 2.0], [0.0, 1.0, 1.0, 1.0]])
     emma = _method('emma')
-    assert emma.certificate == 'pairwise' and configs.PAPER_METHODS['emma'] == 'emma'
+    assert emma.certificate == 'pairwise' and emma.paper == 'emma'
     out = emma.inflate(logits, labels, gaps)
     # row 0: won 2/4 of class 1's gap (e = 0.5), more than the whole gap of classes 2 and 3
     # (e = 1); row 1 is misclassified: every rival gets the floor e = 0.01

@@ -11,7 +11,7 @@ import optax
 import pytest
 from bound_testing import converge, random_bn_variables, unit
 
-from lclmt_jax import bounds, configs, input_pipeline, losses, models, train
+from lclmt_jax import bounds, config_schema, configs, input_pipeline, losses, models, train
 from lclmt_jax.layers import batchnorm
 from lclmt_jax.layers.preact_block import PreActBlock
 from lclmt_jax.models.mlp import MLP
@@ -266,7 +266,7 @@ def test_wrn_16_4_shapes():
 
 
 def test_create_model_and_the_unchanged_train_step_run_a_wrn():
-    config = configs.default_config()
+    config = config_schema.default_config()
     config.model = 'wrn'
     assert models.create_model(config, 10) == WideResNet(  # the model's defaults
         16, 4, 10, estimator=models.estimator(config))
@@ -275,7 +275,7 @@ def test_create_model_and_the_unchanged_train_step_run_a_wrn():
     model = models.create_model(config, 10)
     assert (model.depth, model.width) == (10, 1)
     assert not model.zero_init_residual and model.fold_bn
-    assert models.create_model(configs.svhn_variant(configs.default_config(), 'smoke'),
+    assert models.create_model(configs.svhn_variant(config_schema.default_config(), 'smoke'),
                                10).zero_init_residual
     with pytest.raises(ValueError, match='6n \\+ 4'):
         WideResNet(depth=12)
@@ -303,7 +303,7 @@ def test_create_model_and_the_unchanged_train_step_run_a_wrn():
 
 def test_models_are_found_by_name_and_set_up_by_their_config_section():
     assert {'mlp', 'wrn'} <= set(models.MODELS.names())
-    config = configs.default_config()
+    config = config_schema.default_config()
     config.mlp.hidden_sizes = (7, 5)
     model = models.create_model(config, 4)
     assert isinstance(model, MLP) and model.hidden_sizes == (7, 5) and model.num_classes == 4

@@ -25,7 +25,16 @@ import numpy as np
 import pytest
 
 import lclmt_jax
-from lclmt_jax import checkpoints, configs, run_files, sweeps, train, workdir_lock
+from lclmt_jax import (
+    checkpoints,
+    config_schema,
+    configs,
+    manifest,
+    run_files,
+    sweeps,
+    train,
+    workdir_lock,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMBEDDED = '--config=experiments/mnist_lc.py:embedded'
@@ -106,12 +115,12 @@ def _checkpoint_folders(workdir):
 
 def _all_verify(workdir):
     root = checkpoints.checkpoint_directory(workdir)
-    return all(checkpoints.verify(checkpoints.step_directory(root, epoch))
+    return all(manifest.verify(checkpoints.step_directory(root, epoch))
                for epoch in checkpoints.saved_epochs(root))
 
 
 def small_config(**overrides):
-    config = configs.mnist_variant(configs.default_config(), 'embedded')
+    config = configs.mnist_variant(config_schema.default_config(), 'embedded')
     config.update(num_epochs=2, checkpoint_every_epochs=1)
     config.mlp.hidden_sizes = (32,)
     config.update(overrides)
@@ -190,7 +199,7 @@ def _without_manifest_and_scaled(workdir, epoch, factor):
         os.path.join(workdir, run_files.CONFIG_FILE)), run_files.read_json(
         os.path.join(workdir, run_files.RUN_INFO_FILE)))
     manager.close()
-    os.remove(os.path.join(checkpoints.step_directory(root, epoch), checkpoints.MANIFEST))
+    os.remove(os.path.join(checkpoints.step_directory(root, epoch), manifest.MANIFEST))
 
 
 def test_an_unchecked_checkpoint_training_diverges_from_falls_back_once(run, capsys):
@@ -376,7 +385,8 @@ def test_logits_refuse_integer_pixels(two_epochs):
 def test_a_sweep_member_name_must_stay_inside_the_workdir(tmp_path, name):
     path = tmp_path / 'sweep.py'
     path.write_text(textwrap.dedent(f'''\
-        from lclmt_jax.configs import default_config, mnist_variant
+        from lclmt_jax.config_schema import default_config
+        from lclmt_jax.configs import mnist_variant
 
 
         def get_config(variant=''):
@@ -400,23 +410,23 @@ def test_manifest_entries_are_confined_before_anything_is_read(run, tmp_path):
     directory = checkpoints.step_directory(root, 2)
     outside = tmp_path / 'outside'
     outside.write_bytes(b'secret')
-    manifest_path = os.path.join(directory, checkpoints.MANIFEST)
-    manifest = json.load(open(manifest_path))
+    manifest_path = os.path.join(directory, manifest.MANIFEST)
+    entries = json.load(open(manifest_path))
     opened = []
     sys.addaudithook(lambda event, args: opened.append(str(args[0]))
                      if event == 'open' and str(outside) in str(args[0]) else None)
     for entry in ('../../../outside', str(outside)):
-        json.dump({**manifest, entry: [6, hashlib.sha256(b'secret').hexdigest()]},
+        json.dump({**entries, entry: [6, hashlib.sha256(b'secret').hexdigest()]},
                   open(manifest_path, 'w'))
-        with pytest.raises(checkpoints.DamagedCheckpointError, match='not a file of the '
+        with pytest.raises(manifest.DamagedCheckpointError, match='not a file of the '
                                                                      'checkpoint'):
-            checkpoints.verify(directory)
+            manifest.verify(directory)
     assert opened == []  # never followed, never hashed
-    json.dump(manifest, open(manifest_path, 'w'))
-    assert checkpoints.verify(directory)
+    json.dump(entries, open(manifest_path, 'w'))
+    assert manifest.verify(directory)
     os.symlink(outside, os.path.join(directory, 'extra'))  # a file the manifest does not list
-    with pytest.raises(checkpoints.DamagedCheckpointError, match='extra leads outside'):
-        checkpoints.verify(directory)
+    with pytest.raises(manifest.DamagedCheckpointError, match='extra leads outside'):
+        manifest.verify(directory)
 
 
 def test_orbax_opens_nothing_of_a_damaged_checkpoint(run, capsys):

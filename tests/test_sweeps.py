@@ -12,13 +12,14 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from lclmt_jax import run_files, sweeps
+from lclmt_jax import resume, sweeps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIG2 = os.path.join(REPO, 'experiments', 'mnist_fig2_sweep.py')
 
 TINY_SWEEP = textwrap.dedent('''\
-    from lclmt_jax.configs import default_config, mnist_variant
+    from lclmt_jax.config_schema import default_config
+    from lclmt_jax.configs import mnist_variant
 
 
     def get_config(variant=''):
@@ -179,7 +180,7 @@ def test_a_member_workdir_trained_otherwise_is_not_reused(tmp_path):
     saved['evals']['cw_l2']['steps'] = 1
     saved['data']['manual_dir'] = '/elsewhere'
     _write(member_dir / 'config.json', json.dumps(saved))
-    run_files.check_same_training(str(member_dir), sweep.config('plain'))
+    resume.check_same_training(str(member_dir), sweep.config('plain'))
     saved['learning_rate'] = 0.1
     _write(member_dir / 'config.json', json.dumps(saved))
     with pytest.raises(ValueError, match='was trained with learning_rate=0.1, the config now '

@@ -14,12 +14,14 @@ import pytest
 
 from lclmt_jax import (
     checkpoints,
+    config_schema,
     configs,
     data,
     input_pipeline,
     losses,
     metrics,
     run_files,
+    sound_metrics,
     train,
     validation,
 )
@@ -28,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def embedded_config(**overrides):
-    config = configs.mnist_variant(configs.default_config(), 'embedded')
+    config = configs.mnist_variant(config_schema.default_config(), 'embedded')
     config.num_epochs = 4
     config.checkpoint_every_epochs = 1
     config.update(overrides)
@@ -255,7 +257,8 @@ def test_reconverging_at_an_epoch_start_brings_the_estimate_to_the_norm(embedded
     variables = lambda state: {'params': state.params, **state.model_state}  # noqa: E731
     estimate = lambda state: float(model.apply(  # noqa: E731
         variables(state), jnp.zeros((1, 28, 28, 1))).lipschitz)
-    sound = metrics.sound_scalars(model, variables(state), (28, 28, 1), 1.0, 1.0)['lipschitz_sound']
+    sound = sound_metrics.sound_scalars(model, variables(state), (28, 28, 1), 1.0,
+                                        1.0)['lipschitz_sound']
     before = estimate(state)
     refresh = train.make_refresh(trainer, config.bound.reconverge_steps,
                                  embedded.train_images[:config.batch_size])

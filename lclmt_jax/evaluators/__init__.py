@@ -1,13 +1,17 @@
 """Evaluations of a trained run, by name (``config.evaluators``): each a one-file plugin.
 
 An evaluator is a function ``(Context, settings) -> Result`` registered with
-``@evaluator('<name>', **default settings)`` in a module of this package. Its settings are its
-own config section, ``config.evals.<name>`` (``configs.default_config`` collects every
-evaluator's defaults, so ``--config.evals.<name>.<field>=...`` works on the command line).
+``@evaluator('<name>', **settings)`` in a module of this package, each setting a
+``lclmt_jax.fields.Field`` (default and allowed values). Its settings are its own config section,
+``config.evals.<name>`` (``config_schema.default_config`` collects every evaluator's, so
+``--config.evals.<name>.<field>=...`` works on the command line and bad values are refused
+before any work).
 ``--mode=evaluate``, ``--mode=compare`` and sweeps run the configured evaluators in order and
 never need to know what they compute: every result is named scalars (``evaluation.json``, the
 comparison tables), accuracy-vs-radius curves (``curves.csv`` and the figures), per-example
-columns (``per_example.csv``) and optional figures of its own.
+columns (``per_example.csv``), optional figures of its own, and the scalars that belong in the
+printed table with their labels (``Result.table``): a new evaluator's headline figure reaches
+the console from its own file.
 
 The :class:`Context` shares what several evaluators need, computed once: the restored model,
 the test points, float64 logits, the float32 rounding allowance and the sound certified radii
@@ -23,15 +27,25 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import ml_collections
 import numpy as np
 
+from lclmt_jax.fields import Field
 from lclmt_jax.registry import Registry
 
-if TYPE_CHECKING:
-    from lclmt_jax.restored import RestoredModel
+
+class TrainedRun(Protocol):
+    """What an evaluator reads of a trained run (``lclmt_jax.restored.RestoredModel``): named
+    here, so that this package, which the config schema reads, depends on no restore code."""
+
+    config: ml_collections.ConfigDict
+    model: Any
+    variables: dict
+    sound_bounds: Any
+
+    def logits(self, x: Any) -> Any: ...
 
 
 class Curve(NamedTuple):
@@ -40,6 +54,18 @@ class Curve(NamedTuple):
     accuracy_at: Callable[[np.ndarray], np.ndarray]
     bound: str  # 'lower' (a certificate) or 'upper' (an attack)
     label: str
+
+
+class Column(NamedTuple):
+    """A figure of a :class:`Result` that belongs in the printed table (``lclmt_jax.outcomes``).
+
+    ``key`` names a scalar; with ``{eps}`` in it (``'certified_pairwise@{eps}'``) the column has
+    one value per radius of ``config.evaluation.epsilons`` (formatted ``:g``), headed ``label``;
+    without, it is one figure of the evaluation, printed as ``label value``.
+    """
+
+    label: str
+    key: str
 
 
 class Result(NamedTuple):
@@ -51,6 +77,7 @@ class Result(NamedTuple):
       per_example: column name -> one value per test point.
       max_radius: the largest radius this evaluator wants drawn (0: no preference).
       figures: file name -> function drawing that figure into the given path.
+      table: the scalars that belong in the printed table, in order (:class:`Column`).
     """
 
     scalars: dict[str, float]
@@ -58,12 +85,13 @@ class Result(NamedTuple):
     per_example: dict[str, np.ndarray] = {}
     max_radius: float = 0.0
     figures: dict[str, Callable[[str], None]] = {}
+    table: tuple[Column, ...] = ()
 
 
 class Context:
     """The restored run and its test points, with the values several evaluators share."""
 
-    def __init__(self, restored: RestoredModel, images: np.ndarray, labels: np.ndarray):
+    def __init__(self, restored: TrainedRun, images: np.ndarray, labels: np.ndarray):
         self.restored = restored
         self.config = restored.config
         self.images = images
@@ -126,18 +154,19 @@ class Context:
 
 
 class Evaluator(NamedTuple):
-    """A registered evaluation: the function and the defaults of its ``config.evals`` section."""
+    """A registered evaluation: the function and the fields of its ``config.evals`` section."""
 
     evaluate: Callable[[Context, ml_collections.ConfigDict], Result]
-    settings: dict[str, Any]
+    settings: dict[str, Field]
 
 
 EVALUATORS: Registry[Evaluator] = Registry('evaluator', package=__name__)
 
 
-def evaluator(name: str, **settings: Any) -> Callable:
+def evaluator(name: str, **settings: Field) -> Callable:
     """Registers the decorated ``(Context, settings) -> Result`` as evaluator ``name`` with the
-    default ``settings`` of its ``config.evals.<name>`` section (None: an optional int)."""
+    fields (``lclmt_jax.fields.Field``: default and allowed values) of its
+    ``config.evals.<name>`` section."""
     def add(function: Callable) -> Callable:
         EVALUATORS.register(name, Evaluator(function, settings))
         return function
@@ -145,17 +174,12 @@ def evaluator(name: str, **settings: Any) -> Callable:
     return add
 
 
-def default_settings() -> ml_collections.ConfigDict:
-    """``config.evals``: every evaluator's section with its defaults (None as an int placeholder,
-    so that ``--config.evals.<name>.<field>=N`` parses)."""
-    sections = ml_collections.ConfigDict()
-    for name in EVALUATORS:
-        section = ml_collections.ConfigDict()
-        for field, value in EVALUATORS.get(name).settings.items():
-            section[field] = ml_collections.config_dict.placeholder(int) if value is None \
-                else value
-        sections[name] = section
-    return sections
+def settings_schema() -> dict[str, dict[str, Field]]:
+    """``config.evals`` in the schema: every evaluator's section; how a run is evaluated never
+    binds its training (``Field.binds_training``)."""
+    return {name: {field: setting._replace(binds_training=False)
+                   for field, setting in EVALUATORS.get(name).settings.items()}
+            for name in EVALUATORS}
 
 
 def run_evaluator(name: str, context: Context) -> Result:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from lclmt_jax.evaluators import Context, Curve, Result, evaluator
+from lclmt_jax.evaluators import Column, Context, Curve, Result, evaluator
 
 
 @evaluator('certificates')
@@ -40,6 +40,7 @@ def certificates(context: Context, settings: ml_collections.ConfigDict) -> Resul
     predictions = np.argmax(context.logits64, axis=1)
     predicted = certify.finite_rows(context.logits64) & certify.finite_rows(context.images)
     float32 = context.arithmetic == 'float32'
+    table = [Column('clean accuracy', 'clean_accuracy'), Column('sound L', 'lipschitz_sound')]
     for name in margins.CERTIFICATES:
         radii = context.radii(name)
         exact = context.radii(name, 'exact')
@@ -60,6 +61,9 @@ def certificates(context: Context, settings: ml_collections.ConfigDict) -> Resul
             lambda grid, radii=radii: certify.certified_accuracy(radii, context.correct, grid),
             'lower', f'certified, {name} (lower bound)' if float32 else
             f'certified, {name}, exact arithmetic')
+        table.append(Column(f'certified ({name})' if float32 else
+                            f'certified ({name}, exact arithmetic)', f'certified_{tag}@{{eps}}'))
         per_example[f'radius_{tag}'] = radii
         per_example[f'radius_only_{tag}'] = only
-    return Result(scalars, curves, per_example, max_radius=float(np.max(epsilons)))
+    return Result(scalars, curves, per_example, max_radius=float(np.max(epsilons)),
+                  table=tuple(table))

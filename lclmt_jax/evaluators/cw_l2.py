@@ -5,14 +5,17 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from lclmt_jax.evaluators import Context, Curve, Result, evaluator
+from lclmt_jax.evaluators import Column, Context, Curve, Result, evaluator
+from lclmt_jax.fields import Field, Integer, Number
 
 
 # 0.1, not CW's 0.01 (tuned for 10,000 steps): with 100 steps, pixels at exactly 0 or 1 (most of
 # an MNIST digit) sit deep in tanh saturation and barely move at 0.01 -- the attack then fails on
 # ~65% of a robust model's points; at 0.1 it succeeds on all of them.
-@evaluator('cw_l2', steps=100, binary_search_steps=5, confidence=0.0, learning_rate=0.1,
-           initial_const=1.0, batch_size=10000, max_examples=None)
+@evaluator('cw_l2', steps=Field(100, Integer()), binary_search_steps=Field(5, Integer()),
+           confidence=Field(0.0, Number()), learning_rate=Field(0.1, Number(strict=True)),
+           initial_const=Field(1.0, Number(strict=True)), batch_size=Field(10000, Integer()),
+           max_examples=Field(None, Integer(optional=True)))
 def cw_l2(context: Context, settings: ml_collections.ConfigDict) -> Result:
     """Accuracy under attack at ``config.evaluation.epsilons``, and broken certificates.
 
@@ -53,5 +56,8 @@ def cw_l2(context: Context, settings: ml_collections.ConfigDict) -> Result:
     curve = Curve(lambda grid: attacks.accuracy_under_attack(norms, grid), 'upper', label)
     per_point = np.full(len(context.labels), np.nan)  # NaN: not attacked (max_examples)
     per_point[:count] = norms
+    table = (Column('CW-L2 attack', 'attack@{eps}'),
+             Column('broken certificates (must be 0)', 'broken_certificates'),
+             Column('points attacked', 'attack_examples'))
     return Result(scalars, {'attack': curve}, {'attack_norm': per_point},
-                  max_radius=1.1 * float(finite.max()) if finite.size else 0.0)
+                  max_radius=1.1 * float(finite.max()) if finite.size else 0.0, table=table)

@@ -1,5 +1,5 @@
 """``--mode=evaluate``: run the configured evaluators on one trained run (``--mode=compare``,
-which overlays several: ``lclmt_jax.sweeps.compare_runs``).
+which overlays several: ``lclmt_jax.comparison.compare_runs``).
 
 An evaluation writes into ``workdir/evaluation/``: ``evaluation.json`` (every evaluator's
 scalars), ``curves.csv`` (every accuracy-vs-radius curve on one radius grid), ``per_example.csv``
@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lclmt_jax import configs, data, losses, plots
+from lclmt_jax import config_schema, data, losses, plots
 from lclmt_jax.evaluators import EVALUATORS, Context, Result, run_evaluator
 from lclmt_jax.restored import restore
 
@@ -67,20 +67,19 @@ def with_evaluator_settings(config: ml_collections.ConfigDict,
             overrides[f'evals.{key}'] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             overrides[f'evals.{key}'] = text
-    return configs.apply_overrides(config, overrides, '--eval_setting')
+    return config_schema.apply_overrides(config, overrides, '--eval_setting')
 
 
 def evaluate_run(workdir: str, max_examples: int | None = None,
                  evaluators: Sequence[str] | None = None, epoch: int | None = None,
-                 attack_examples: int | None = None,
                  evaluator_settings: Sequence[str] = ()) -> dict:
     """Runs the evaluators (default: the run's ``config.evaluators``) on its test set.
 
     Uses the newest checkpoint that restores (or that of ``epoch``); writes the files and
     figures and returns the summary (``evaluation.json``). ``max_examples``: only the first test
-    points, for every evaluator; ``attack_examples``: the attack only (the run's
-    ``config.evals.cw_l2.max_examples`` otherwise); ``evaluator_settings``: ``NAME.FIELD=VALUE``
-    overrides of ``config.evals`` for this evaluation only (``with_evaluator_settings``).
+    points, for every evaluator; ``evaluator_settings``: ``NAME.FIELD=VALUE`` overrides of
+    ``config.evals`` for this evaluation only (``with_evaluator_settings``; how many points the
+    attack covers is ``cw_l2.max_examples``).
     """
     started = time.perf_counter()
     restored = restore(workdir, epoch)
@@ -98,8 +97,6 @@ def evaluate_run(workdir: str, max_examples: int | None = None,
     labels = restored.check_labels(dataset.test_labels[:count].astype(np.int32), len(images),
                                    f'{config.data.source} test labels')
     context = Context(restored, images, labels)
-    if attack_examples is not None:
-        evaluator_settings = (*evaluator_settings, f'cw_l2.max_examples={attack_examples}')
     if evaluator_settings:
         context.config = with_evaluator_settings(config, evaluator_settings)
     results = {name: run_evaluator(name, context) for name in names}
@@ -108,6 +105,7 @@ def evaluate_run(workdir: str, max_examples: int | None = None,
                'certificate': config.certificate, 'num_examples': int(len(labels))}
     for result in results.values():
         summary.update(result.scalars)
+    summary['table'] = [list(column) for result in results.values() for column in result.table]
     summary['evaluation_seconds'] = time.perf_counter() - started
     method = losses.METHODS.get(config.method)
     subject = plots.figure_subject([dataset.name], [config.model], method.label,

@@ -1,4 +1,4 @@
-"""What each launch.py mode prints at its end (``lclmt_jax.reports``): the answer, the files, the
+"""What each launch.py mode prints at its end (``lclmt_jax.outcomes``): the answer, the files, the
 next command. Content, not layout: each expected value is read back from the run's own files."""
 
 import json
@@ -6,13 +6,18 @@ import os
 
 import pytest
 
-from lclmt_jax import console, reports, run_files
+from lclmt_jax import console, outcomes, run_files
+
+TABLE = [['clean accuracy', 'clean_accuracy'], ['sound L', 'lipschitz_sound'],
+         ['certified (pairwise)', 'certified_pairwise@{eps}'], ['CW-L2 attack', 'attack@{eps}'],
+         ['broken certificates (must be 0)', 'broken_certificates'],
+         ['points attacked', 'attack_examples']]
 
 
 def _summary(epsilons):
     """An evaluation summary as the certificates and cw_l2 evaluators write it."""
     summary = {'clean_accuracy': 0.8125, 'num_examples': 1000, 'lipschitz_sound': 3.25,
-               'broken_certificates': 0, 'attack_examples': 200}
+               'broken_certificates': 0, 'attack_examples': 200, 'table': TABLE}
     for k, eps in enumerate(epsilons):
         summary[f'certified_pairwise@{eps:g}'] = 0.7 - 0.1 * k
         summary[f'attack@{eps:g}'] = 0.75 - 0.1 * k
@@ -20,7 +25,7 @@ def _summary(epsilons):
 
 
 def test_training_ends_with_accuracy_files_and_the_evaluate_command(trained_workdir, capsys):
-    reports.after_training(trained_workdir, 12.0, None)
+    outcomes.after_training(trained_workdir, 12.0, None)
     out = capsys.readouterr().out
     last = run_files.read_metrics(trained_workdir)[-1]
     assert f'trained {last["epoch"]} epochs' in out
@@ -35,13 +40,13 @@ def test_an_evaluated_training_adds_its_certified_table_and_the_compare_command(
         trained_workdir, capsys):
     epsilons = run_files.load_config(trained_workdir).evaluation.epsilons
     summary = _summary(epsilons)
-    reports.after_training(trained_workdir, 12.0, summary)
+    outcomes.after_training(trained_workdir, 12.0, summary)
     out = capsys.readouterr().out
-    assert 'clean accuracy 0.8125 on 1000 test points; sound L 3.2500' in out
+    assert '1000 test points: clean accuracy 0.8125; sound L 3.2500' in out
     for k, eps in enumerate(epsilons):
         row = next(line for line in out.splitlines() if line.split()[:1] == [f'{eps:g}'])
         assert console.cell(0.7 - 0.1 * k) in row and console.cell(0.75 - 0.1 * k) in row
-    assert 'broken certificates: 0' in out
+    assert 'broken certificates (must be 0) 0; points attacked 200' in out
     assert 'next: python launch.py --mode=compare' in out
 
 
@@ -49,12 +54,12 @@ def test_evaluate_prints_every_radius_with_certificate_and_attack(trained_workdi
     epsilons = run_files.load_config(trained_workdir).evaluation.epsilons
     summary = _summary(epsilons)
     summary['broken_certificates'] = 2
-    reports.after_evaluation(trained_workdir, summary)
+    outcomes.after_evaluation(trained_workdir, summary)
     out = capsys.readouterr().out
     assert 'certified (pairwise)' in out and 'CW-L2 attack' in out
     assert sum(line.split()[:1] in ([f'{eps:g}'] for eps in epsilons)
                for line in out.splitlines()) == len(epsilons)
-    assert 'broken certificates: 2 (must be 0' in out
+    assert 'broken certificates (must be 0) 2' in out
 
 
 def test_compare_prints_the_table_it_wrote(trained_workdir, tmp_path, capsys):
@@ -65,7 +70,7 @@ def test_compare_prints_the_table_it_wrote(trained_workdir, tmp_path, capsys):
               'first_epoch_meeting_bound': None}]
     (tmp_path / 'comparison.json').write_text(json.dumps(table))
     (tmp_path / 'fig1a_margins.png').write_bytes(b'')
-    reports.after_comparison(str(tmp_path), [trained_workdir], table)
+    outcomes.after_comparison(str(tmp_path), [trained_workdir], table)
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines()
                if line.startswith(os.path.basename(trained_workdir)))
@@ -76,30 +81,47 @@ def test_compare_prints_the_table_it_wrote(trained_workdir, tmp_path, capsys):
 
 @pytest.mark.parametrize('evaluated', [False, True])
 def test_next_command_names_the_workdir(evaluated):
-    line = console.next_command('/runs/a', evaluated)
+    line = outcomes.next_command('/runs/a', evaluated)
     assert '/runs/a' in line and ('--mode=compare' if evaluated else '--mode=evaluate') in line
 
 
 def test_evaluator_settings_for_one_evaluation_are_checked_and_leave_the_config_alone():
-    from lclmt_jax import configs, evaluate
+    from lclmt_jax import assessment, config_schema
 
-    config = configs.default_config()
-    changed = evaluate.with_evaluator_settings(config, ['cw_l2.steps=7', 'cw_l2.batch_size=64'])
+    config = config_schema.default_config()
+    changed = assessment.with_evaluator_settings(config, ['cw_l2.steps=7', 'cw_l2.batch_size=64'])
     assert (changed.evals.cw_l2.steps, changed.evals.cw_l2.batch_size) == (7, 64)
     assert config.evals.cw_l2.steps != 7  # the run's own config is not touched
     with pytest.raises(ValueError, match="did you mean 'evals.cw_l2.steps'"):
-        evaluate.with_evaluator_settings(config, ['cw_l2.stepz=7'])
+        assessment.with_evaluator_settings(config, ['cw_l2.stepz=7'])
     with pytest.raises(ValueError, match='NAME.FIELD=VALUE'):
-        evaluate.with_evaluator_settings(config, ['steps=7'])
+        assessment.with_evaluator_settings(config, ['steps=7'])
     with pytest.raises(ValueError, match='--eval_setting'):
-        evaluate.with_evaluator_settings(config, ["cw_l2.steps='many'"])
+        assessment.with_evaluator_settings(config, ["cw_l2.steps='many'"])
 
 
 def test_a_model_without_a_float32_analysis_shows_its_exact_certificates(trained_workdir,
                                                                           capsys):
     epsilons = run_files.load_config(trained_workdir).evaluation.epsilons
     summary = {f'certified_exact_pairwise@{eps:g}': 0.625 for eps in epsilons}
-    reports.after_evaluation(trained_workdir, {'clean_accuracy': 0.75, **summary})
+    table = [['clean accuracy', 'clean_accuracy'],
+             ['certified (pairwise, exact arithmetic)', 'certified_exact_pairwise@{eps}']]
+    outcomes.after_evaluation(trained_workdir, {'clean_accuracy': 0.75, **summary,
+                                                'table': table})
     out = capsys.readouterr().out
     assert 'certified (pairwise, exact arithmetic)' in out
     assert out.count('0.6250') == len(epsilons)
+
+
+def test_the_table_prints_what_the_evaluators_declare_and_nothing_else(trained_workdir,
+                                                                       capsys):
+    """A figure reaches the table by its evaluator's declaration alone: an undeclared scalar
+    stays in evaluation.json, a declared one of any name is printed with its label."""
+    epsilons = run_files.load_config(trained_workdir).evaluation.epsilons
+    summary = {'num_examples': 10, 'clean_accuracy': 0.5, 'pgd_steps': 40,
+               **{f'pgd@{eps:g}': 0.125 for eps in epsilons},
+               'table': [['PGD attack', 'pgd@{eps}'], ['steps', 'pgd_steps']]}
+    outcomes.after_evaluation(trained_workdir, summary)
+    out = capsys.readouterr().out
+    assert '10 test points: steps 40' in out and 'PGD attack' in out
+    assert out.count('0.1250') == len(epsilons) and 'clean accuracy' not in out
