@@ -1,13 +1,19 @@
-"""Times the Carlini–Wagner L2 attack on the paper's MNIST MLP over a full-size test set.
+"""Times the Carlini–Wagner L2 attack on the paper's MNIST MLP over a full-size test set, or on
+a trained run's first test points.
 
 Usage: ``python benchmarks/bench_cw.py --repeats 3``
+       ``python benchmarks/bench_cw.py --workdir=runs/certified_cnn_embedded --num-examples=200``
 
 The network is 784 -> 100 -> 100 -> 100 -> 10 with ReLU and random Lecun-normal weights (taken
 from ``lclmt_jax.models.mlp.MLP`` when that module is importable, else a small jnp version defined
 here); the images are uniform random 28x28x1 in [0, 1] and the labels are the model's own
-predictions, so every example starts correctly classified and is attacked. Compilation is timed
-on its own (ahead-of-time lower + compile of the batch kernel), then the first call, then
-``--repeats`` timed calls of ``cw_l2_min_norms`` (which end in a host copy, so they are complete).
+predictions, so every example starts correctly classified and is attacked. The first call (which
+compiles) is timed on its own, then ``--repeats`` timed calls of ``cw_l2_min_norms`` (which end
+in a host copy, so they are complete).
+With ``--workdir`` the network is that run's (``lclmt_jax.restore``), the images its first
+``--num-examples`` test points with their true labels, and the attack settings its
+``config.evals.cw_l2`` unless given here; the summary adds the accuracy under attack at the
+run's ``config.evaluation.epsilons``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
-from lclmt_jax.attacks import CWConfig, cw_l2_attack_batch, cw_l2_min_norms  # noqa: E402
+from lclmt_jax.attacks import (  # noqa: E402
+    CWConfig,
+    accuracy_under_attack,
+    cw_l2_min_norms,
+)
 
 HIDDEN = (100, 100, 100)
 NUM_CLASSES = 10
@@ -67,33 +77,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--repeats', type=int, default=3, help='timed runs after the first call')
     parser.add_argument('--num-examples', type=int, default=10000)
-    parser.add_argument('--steps', type=int, default=CWConfig().steps)
-    parser.add_argument('--binary-search-steps', type=int, default=CWConfig().binary_search_steps)
-    parser.add_argument('--batch-size', type=int, default=CWConfig().batch_size)
+    parser.add_argument('--steps', type=int, default=None, help='default: the run\'s or 100')
+    parser.add_argument('--binary-search-steps', type=int, default=None)
+    parser.add_argument('--batch-size', type=int, default=None)
+    parser.add_argument('--workdir', default=None,
+                        help='attack this trained run on its first --num-examples test points')
     parser.add_argument('--standalone', action='store_true',
                         help='use the jnp MLP defined here even if lclmt_jax.models exists')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args()
 
-    model_rng, data_rng = jax.random.split(jax.random.PRNGKey(args.seed))
-    logits_fn = None if args.standalone else _project_mlp(model_rng)
-    source = 'lclmt_jax.models.mlp.MLP'
-    if logits_fn is None:
-        logits_fn, source = _standalone_mlp(model_rng), 'standalone jnp MLP'
-
-    images = np.asarray(jax.random.uniform(data_rng, (args.num_examples, *IMAGE_SHAPE)))
-    labels = np.asarray(jnp.argmax(jax.jit(logits_fn)(images), axis=-1), dtype=np.int32)
-    config = CWConfig(steps=args.steps, binary_search_steps=args.binary_search_steps,
-                      batch_size=args.batch_size)
-    chunk = min(config.batch_size, args.num_examples)
+    epsilons = None
+    if args.workdir:
+        logits_fn, images, labels, config, epsilons = _trained_run(args.workdir,
+                                                                   args.num_examples)
+        source = f'the run in {args.workdir}'
+    else:
+        model_rng, data_rng = jax.random.split(jax.random.PRNGKey(args.seed))
+        logits_fn = None if args.standalone else _project_mlp(model_rng)
+        source = 'lclmt_jax.models.mlp.MLP'
+        if logits_fn is None:
+            logits_fn, source = _standalone_mlp(model_rng), 'standalone jnp MLP'
+        images = np.asarray(jax.random.uniform(data_rng, (args.num_examples, *IMAGE_SHAPE)))
+        labels = np.asarray(jnp.argmax(jax.jit(logits_fn)(images), axis=-1), dtype=np.int32)
+        config = CWConfig()
+    given = {'steps': args.steps, 'binary_search_steps': args.binary_search_steps,
+             'batch_size': args.batch_size}
+    config = config._replace(**{key: value for key, value in given.items() if value is not None})
 
     print(f'jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} cpus); '
           f'model: {source}; {config}')
-
-    start = time.perf_counter()
-    cw_l2_attack_batch.lower(logits_fn, images[:chunk], labels[:chunk], config).compile()
-    compile_s = time.perf_counter() - start
-    print(f'compile (AOT lower+compile, one batch of {chunk}): {compile_s:.2f} s')
 
     start = time.perf_counter()
     norms = cw_l2_min_norms(logits_fn, images, labels, config)
@@ -114,11 +127,31 @@ def main() -> None:
     found = f'{finite.size}/{norms.size} found'
     if finite.size:
         found += f', median norm {np.median(finite):.3f}'
+    if epsilons is not None:
+        accuracies = accuracy_under_attack(norms, epsilons)
+        found += ', attack@' + ' '.join(f'{eps:g}:{accuracy:.4f}'
+                                        for eps, accuracy in zip(epsilons, accuracies, strict=True))
     median = float(np.median(times)) if times else float('nan')
-    print(f'SUMMARY cw_l2 n={args.num_examples} steps={config.steps} '
-          f'binary_steps={config.binary_search_steps}: compile {compile_s:.2f} s, '
+    print(f'SUMMARY cw_l2 n={len(labels)} steps={config.steps} '
+          f'binary_steps={config.binary_search_steps}: first (compiles) {first_s:.2f} s, '
           f'median {median:.2f} s over {len(times)} runs '
           f'[{", ".join(f"{t:.2f}" for t in times)}], {found}')
+
+
+def _trained_run(workdir: str, count: int):
+    """The restored run's logits, its first ``count`` test points and labels, its attack settings
+    and its evaluation radii."""
+    from lclmt_jax import data, restore
+
+    restored = restore(workdir)
+    config = restored.config
+    dataset = data.load_dataset(config.data)
+    images = np.asarray(data.to_float(jnp.asarray(dataset.test_images[:count])))
+    labels = dataset.test_labels[:count].astype(np.int32)
+    settings = {key: value for key, value in dict(config.evals.cw_l2).items()
+                if key in CWConfig._fields}
+    return (restored.logits, images, labels, CWConfig(**settings),
+            tuple(config.evaluation.epsilons))
 
 
 if __name__ == '__main__':

@@ -1,7 +1,9 @@
 """Test session setup: four faked CPU devices (chex), so every test also exercises data
-parallelism, and one small trained run shared by the evaluation and restore tests."""
+parallelism, and one small trained run per test worker, shared by the evaluation, restore,
+report, checkpoint and bad-input tests (read-only, or as a private copy)."""
 
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -26,14 +28,40 @@ os.environ.setdefault('LCLMT_JAX_CACHE', os.path.join(tempfile.gettempdir(),
 compilation_cache.enable()
 
 
-@pytest.fixture(scope='session')
-def trained_workdir(tmp_path_factory):
-    """LC-LMT on the embedded digits for 3 epochs, with a small CW-L2 attack configured."""
-    from lclmt_jax import config_schema, configs, train
+def trained_config():
+    """``experiments/mnist_lc.py:embedded`` (LC-LMT on the embedded digits) for 3 epochs with a
+    checkpoint after each, and a small CW-L2 attack configured."""
+    from lclmt_jax import config_schema, configs
 
-    workdir = str(tmp_path_factory.mktemp('run'))
     config = configs.mnist_variant(config_schema.default_config(), 'embedded')
-    config.num_epochs = 3
+    config.update(num_epochs=3, checkpoint_every_epochs=1)
     config.evals.cw_l2.update(steps=30, binary_search_steps=3, batch_size=200)
-    train.train_and_evaluate(config, workdir)
+    return config
+
+
+@pytest.fixture(scope='session')
+def _pristine_run(tmp_path_factory):
+    """The run of ``trained_config``, trained once per worker; never handed out itself."""
+    from lclmt_jax import train
+
+    workdir = str(tmp_path_factory.mktemp('pristine') / 'run')
+    train.train_and_evaluate(trained_config(), workdir)
     return workdir
+
+
+@pytest.fixture(scope='session')
+def trained_run_copy(_pristine_run, tmp_path_factory):
+    """``trained_run_copy()``: a fresh copy of the shared run (checkpoints of epochs 1, 2 and 3)
+    for a test that changes, damages or resumes it."""
+    def copy() -> str:
+        workdir = str(tmp_path_factory.mktemp('copy') / 'run')
+        shutil.copytree(_pristine_run, workdir, symlinks=True)
+        return workdir
+
+    return copy
+
+
+@pytest.fixture(scope='session')
+def trained_workdir(trained_run_copy):
+    """The shared run, for tests that read it or write its evaluation (one copy per worker)."""
+    return trained_run_copy()

@@ -15,9 +15,11 @@ from lclmt_jax.attacks import (
     CWConfig,
     accuracy_under_attack,
     cw_l2_attack,
-    cw_l2_attack_batch,
     cw_l2_min_norms,
+    settled_norms,
 )
+
+pytestmark = pytest.mark.fast
 
 SIDE = 8  # images are SIDE x SIDE x 1: small enough to keep every compile and run short
 DIM = SIDE * SIDE
@@ -195,6 +197,7 @@ def test_ties():
 
 
 def test_one_compilation_per_function_and_config():
+    """Each function is traced once per batch shape: not once per step, round or call."""
     traces = []
 
     def logits_fn(x):
@@ -210,9 +213,9 @@ def test_one_compilation_per_function_and_config():
     assert len(traces) == count
     np.testing.assert_array_equal(first, second)
     assert np.isfinite(first).all()
-    lowered = cw_l2_attack_batch.lower(logits_fn, images[:2].astype(np.float32),
-                                       np.zeros(2, np.int32), config)
-    assert 'while' in lowered.as_text()  # loops stay loops: compile time independent of steps
+    # the plain forward pass and the step, for the two batch shapes (2 and 1): far fewer than
+    # the 2 x 20 steps of each chunk
+    assert count <= 8
 
 
 def test_accuracy_under_attack():
@@ -259,3 +262,31 @@ def test_rejects_bad_input():
             cw_l2_min_norms(logits_fn, images, labels, CWConfig()._replace(**bad))
     empty = cw_l2_min_norms(logits_fn, images[:0], labels[:0])
     chex.assert_shape(empty, (0,))
+
+
+def test_a_point_past_its_stop_norm_leaves_the_search_with_a_genuine_norm():
+    logits_fn = _mlp(seed=0)
+    images = np.random.default_rng(2).uniform(size=(6, SIDE, SIDE, 1)).astype(np.float32)
+    labels = np.array(jnp.argmax(logits_fn(jnp.asarray(images)), axis=-1), np.int32)
+    labels[0] = (labels[0] + 1) % 5  # misclassified: never attacked
+    config = CWConfig(steps=30, binary_search_steps=4)
+    rounds = {}
+    full, _ = cw_l2_attack(logits_fn, images, labels, config,
+                           progress=lambda done, total: rounds.update(full=done))
+    stop = np.where(np.arange(6) < 3, np.inf, 0.0)  # 1, 2: stop at the first success
+    norms, adversarial = cw_l2_attack(logits_fn, images, labels, config, stop_below=stop,
+                                      progress=lambda done, total: rounds.update(stopped=done))
+    _assert_genuine(logits_fn, images, labels, norms, adversarial)
+    assert rounds['full'] == 5 * 4  # the misclassified point costs no round
+    assert rounds['stopped'] < rounds['full']
+    np.testing.assert_allclose(norms[3:], full[3:], rtol=1e-5)  # the others searched as before
+    assert (norms[1:3] >= full[1:3] * (1 - 1e-6)).all()
+    with pytest.raises(ValueError, match='stop_below must hold one norm per example'):
+        cw_l2_attack(logits_fn, images, labels, config, stop_below=stop[:2])
+
+
+def test_settled_norms_stop_certified_points_only_when_broken():
+    stop = settled_norms(np.array([0.0, 0.5, 2.0]), smallest_radius=0.3)
+    assert stop[0] == 0.3  # uncertified: once broken at the smallest reported radius
+    assert stop[1] < 0.5 and np.nextafter(stop[1], 1.0) == 0.5  # certified: once norm < R
+    assert stop[2] < 2.0

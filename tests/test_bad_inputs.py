@@ -1,28 +1,25 @@
 """Bad inputs, fuzzed: every bad config and data file is one line on stderr, exit status 1,
 and an untouched workdir.
 
-Each case runs ``launch.py`` as a user would, on 4 faked CPU devices. A bad config is tried on a
-workdir holding a finished run (its files must come out byte for byte the same) and on a new one
-(it must not appear); a bad data file on a new one.
+Each case runs ``launch.py``'s flag parsing and ``main`` as a user's command would, in the test
+process (``launching.launch``: the process boundary is not what is tested), on 4 faked CPU
+devices. A bad config is tried on a workdir holding a finished run (its files must come out byte
+for byte the same) and on a new one (it must not appear); a bad data file on a new one.
 """
 
 import gzip
 import hashlib
 import os
-import subprocess
-import sys
 
+import launching
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMBEDDED = '--config=experiments/mnist_lc.py:embedded'
 
 
-def _launch(*args, timeout=120):
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
-    return subprocess.run([sys.executable, 'launch.py', *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def _launch(*args):
+    return launching.launch(*args)
 
 
 def _snapshot(directory) -> dict:
@@ -33,11 +30,9 @@ def _snapshot(directory) -> dict:
 
 
 @pytest.fixture(scope='module')
-def finished_run(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp('finished'))
-    result = _launch(EMBEDDED, f'--workdir={workdir}', '--config.num_epochs=1')
-    assert result.returncode == 0, result.stderr[-2000:]
-    return workdir
+def finished_run(trained_run_copy):
+    """A finished mnist_lc.py:embedded run of this module's own."""
+    return trained_run_copy()
 
 
 def _assert_one_line_and_untouched(result, message, workdir, before):

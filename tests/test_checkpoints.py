@@ -15,6 +15,7 @@ import sys
 import time
 
 import chex
+import launching
 import pytest
 
 import lclmt_jax
@@ -37,8 +38,8 @@ def _launch(workdir, log_path, *flags):
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, 'launch.py', *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=TIMEOUT_S, env=dict(os.environ, PYTHONPATH=REPO))
+    """``launch.py`` in this process (``launching.launch``): only the SIGKILLed runs need one."""
+    return launching.launch(*args)
 
 
 def _checkpointed_epochs(workdir):
@@ -140,13 +141,9 @@ def _damage(workdir, epoch, which):
 
 
 @pytest.fixture
-def three_epochs(tmp_path):
-    """A run with checkpoints of epochs 1, 2 and 3."""
-    workdir = str(tmp_path / 'run')
-    config = configs.mnist_variant(config_schema.default_config(), 'embedded')
-    config.update(num_epochs=3, checkpoint_every_epochs=1)
-    train.train_and_evaluate(config, workdir)
-    return workdir
+def three_epochs(trained_run_copy):
+    """A run of mnist_lc.py:embedded with checkpoints of epochs 1, 2 and 3 (a private copy)."""
+    return trained_run_copy()
 
 
 @pytest.mark.parametrize('which', ['every file', 'array files'])

@@ -21,6 +21,7 @@ import textwrap
 import time
 
 import jax
+import launching
 import numpy as np
 import pytest
 
@@ -46,9 +47,10 @@ def _env():
     return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', PYTHONFAULTHANDLER='1')
 
 
-def _launch(*args, timeout=TIMEOUT_S):
-    return subprocess.run([sys.executable, 'launch.py', *args], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+def _launch(*args):
+    """``launch.py`` in this process (``launching.launch``); the tests of a second process, a
+    signal or a fresh interpreter start real ones (``_start``, ``subprocess``)."""
+    return launching.launch(*args)
 
 
 def _default_ctrl_c():

@@ -29,16 +29,20 @@ def cw_l2(context: Context, settings: ml_collections.ConfigDict) -> Result:
     only the first test points: the attack costs ~500 gradient steps per point, hours for a CNN
     on the full test set on a CPU, while the certificates still cover every point.
     """
-    from lclmt_jax import attacks, certify, margins
+    from lclmt_jax import attacks, certify, margins, progress
 
     config = context.config
     settings = dict(settings)
     limit = settings.pop('max_examples')
     count = len(context.labels) if limit is None else min(int(limit), len(context.labels))
+    radii = {name: context.radii(name)[:count] for name in margins.CERTIFICATES}
+    settled = attacks.settled_norms(np.max(list(radii.values()), axis=0),
+                                    min(config.evaluation.epsilons))
     norms = attacks.cw_l2_min_norms(context.restored.logits, context.images[:count],
-                                    context.labels[:count], attacks.CWConfig(**settings))
+                                    context.labels[:count], attacks.CWConfig(**settings),
+                                    settled, progress.Progress('CW-L2 attack', 'point-rounds'))
     correct = context.correct[:count]
-    broken = {name: len(certify.broken_certificates(context.radii(name)[:count], correct, norms))
+    broken = {name: len(certify.broken_certificates(radii[name], correct, norms))
               for name in margins.CERTIFICATES}
     accuracies = attacks.accuracy_under_attack(norms, config.evaluation.epsilons)
     scalars = {f'attack@{eps:g}': float(accuracy)
