@@ -23,7 +23,16 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lclmt_jax import config_schema, data, losses, plots, run_files
+from lclmt_jax import (
+    config_schema,
+    data,
+    fields,
+    losses,
+    paths,
+    plots,
+    run_files,
+    validation,
+)
 from lclmt_jax.evaluators import EVALUATORS, Context, Result, run_evaluator
 from lclmt_jax.restored import restore
 
@@ -70,6 +79,22 @@ def with_evaluator_settings(config: ml_collections.ConfigDict,
     return config_schema.apply_overrides(config, overrides, '--eval_setting')
 
 
+def evaluation_config(config: ml_collections.ConfigDict, names: Sequence[str],
+                      settings: Sequence[str] = (),
+                      max_examples: int | None = None) -> ml_collections.ConfigDict:
+    """``config`` with the ``NAME.FIELD=VALUE`` evaluator ``settings`` of one evaluation by the
+    evaluators ``names`` on ``max_examples`` test points (None: all), after refusing, in one
+    line and before any work, an unknown evaluator, a setting its field does not allow
+    (``--attack_examples=0``) or a count that is not a positive integer."""
+    if max_examples is not None:
+        fields.Integer().check(max_examples, '--max_examples')
+    for name in names:
+        EVALUATORS.get(name)
+    config = with_evaluator_settings(config, settings) if settings else config
+    validation.check_fields(config, under='evals')
+    return config
+
+
 def evaluate_run(workdir: str, max_examples: int | None = None,
                  evaluators: Sequence[str] | None = None, epoch: int | None = None,
                  evaluator_settings: Sequence[str] = ()) -> dict:
@@ -82,11 +107,11 @@ def evaluate_run(workdir: str, max_examples: int | None = None,
     attack covers is ``cw_l2.max_examples``).
     """
     started = time.perf_counter()
+    paths.confined(workdir, EVALUATION_DIR)  # where the files go, before any work
     restored = restore(workdir, epoch)
     config = restored.config
     names = tuple(evaluators or config.evaluators)
-    for name in names:  # unknown names fail before any work
-        EVALUATORS.get(name)
+    evaluated = evaluation_config(config, names, evaluator_settings, max_examples)
     if jax.process_index() == 0:
         print(f'evaluating the checkpoint of epoch {restored.epoch} in {workdir}: '
               f'{", ".join(names)}', flush=True)
@@ -97,8 +122,7 @@ def evaluate_run(workdir: str, max_examples: int | None = None,
     labels = restored.check_labels(dataset.test_labels[:count].astype(np.int32), len(images),
                                    f'{config.data.source} test labels')
     context = Context(restored, images, labels)
-    if evaluator_settings:
-        context.config = with_evaluator_settings(config, evaluator_settings)
+    context.config = evaluated
     results = {name: run_evaluator(name, context) for name in names}
     summary = {'workdir': os.path.abspath(workdir), 'epoch': restored.epoch,
                'label': run_label(config), 'evaluators': list(names),
@@ -127,7 +151,7 @@ def save_evaluation(workdir: str, summary: dict, results: dict[str, Result],
     """Writes evaluation.json, curves.csv, per_example.csv and the figures (process 0)."""
     if jax.process_index() != 0:
         return
-    out = os.path.join(workdir, EVALUATION_DIR)
+    out = paths.confined(workdir, EVALUATION_DIR)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, 'evaluation.json'), 'w') as f:
         json.dump(summary, f, indent=2)
@@ -152,7 +176,7 @@ def save_evaluation(workdir: str, summary: dict, results: dict[str, Result],
 
 def read_curves(workdir: str) -> dict[str, np.ndarray]:
     """The curves.csv of an evaluated run as columns (empty if it has none)."""
-    path = os.path.join(workdir, EVALUATION_DIR, 'curves.csv')
+    path = os.path.join(paths.confined(workdir, EVALUATION_DIR), 'curves.csv')
     if not os.path.exists(path):
         return {}
     with open(path) as f:
@@ -190,7 +214,7 @@ def compare_runs(workdirs: Sequence[str], outdir: str) -> list[dict]:
                **{f'first_epoch_meeting_bound_{reading}': plots.first_epoch_meeting_bound(
                    records, reading) for reading in plots.MARGIN_READINGS if reading != 'mean'},
                'train_seconds': sum(r.get('epoch_seconds', 0.0) for r in records)}
-        summary_path = os.path.join(workdir, EVALUATION_DIR, 'evaluation.json')
+        summary_path = os.path.join(paths.confined(workdir, EVALUATION_DIR), 'evaluation.json')
         if os.path.exists(summary_path):
             summary = run_files.read_json(summary_path)
             row.update({key: value for key, value in summary.items()
