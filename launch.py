@@ -114,6 +114,7 @@ def main(argv: list[str]) -> None:
     # Imported here so that --help and flag errors do not wait for JAX and TensorFlow.
     from lclmt_jax import (
         assessment,
+        comparison,
         compilation_cache,
         distributed,
         outcomes,
@@ -157,7 +158,7 @@ def main(argv: list[str]) -> None:
         else:
             if not _RUNS.value:
                 raise ValueError('--runs=DIR1,DIR2,... is required in compare mode')
-            table = assessment.compare_runs(_RUNS.value, _WORKDIR.value)
+            table = comparison.compare_runs(_RUNS.value, _WORKDIR.value)
             outcomes.after_comparison(_WORKDIR.value, _RUNS.value, table)
     except (ValueError, OSError, train.NonFiniteLossError, train.TrainingInterrupted,
             assessment.BrokenCertificateError, sweeps.SweepError,

@@ -1,5 +1,5 @@
-"""``--mode=evaluate``: run the configured evaluators on one trained run; ``--mode=compare``:
-overlay several runs.
+"""``--mode=evaluate``: run the configured evaluators on one trained run (``--mode=compare``,
+which overlays several: ``lclmt_jax.comparison.compare_runs``).
 
 An evaluation writes into ``workdir/evaluation/``: ``evaluation.json`` (every evaluator's
 scalars), ``curves.csv`` (every accuracy-vs-radius curve on one radius grid), ``per_example.csv``
@@ -30,7 +30,6 @@ from lclmt_jax import (
     losses,
     paths,
     plots,
-    run_files,
     validation,
 )
 from lclmt_jax.evaluators import EVALUATORS, Context, Result, run_evaluator
@@ -131,7 +130,10 @@ def evaluate_run(workdir: str, max_examples: int | None = None,
         summary.update(result.scalars)
     summary['table'] = [list(column) for result in results.values() for column in result.table]
     summary['evaluation_seconds'] = time.perf_counter() - started
-    save_evaluation(workdir, summary, results, config.evaluation.epsilons)
+    method = losses.METHODS.get(config.method)
+    subject = plots.figure_subject([dataset.name], [config.model], method.label,
+                                   config.epsilon if losses.trains_for_margin(method) else None)
+    save_evaluation(workdir, summary, results, config.evaluation.epsilons, subject)
     broken = sum(int(result.scalars.get('broken_certificates', 0)) for result in results.values())
     if broken:
         raise BrokenCertificateError(
@@ -147,8 +149,9 @@ def radius_grid(results: dict[str, Result], epsilons: Sequence[float]) -> np.nda
 
 
 def save_evaluation(workdir: str, summary: dict, results: dict[str, Result],
-                    epsilons: Sequence[float]) -> None:
-    """Writes evaluation.json, curves.csv, per_example.csv and the figures (process 0)."""
+                    epsilons: Sequence[float], subject: str = '') -> None:
+    """Writes evaluation.json, curves.csv, per_example.csv and the figures (process 0);
+    ``subject`` (``plots.figure_subject``) says under the figures' titles what was evaluated."""
     if jax.process_index() != 0:
         return
     out = paths.confined(workdir, EVALUATION_DIR)
@@ -166,84 +169,8 @@ def save_evaluation(workdir: str, summary: dict, results: dict[str, Result],
         _write_csv(os.path.join(out, 'curves.csv'), {'radius': grid, **values})
         plots.plot_accuracy_curves(
             grid, {curve.label: (values[name], curve.bound) for name, curve in curves.items()},
-            f'{summary["label"]}: certified vs attacked accuracy',
-            os.path.join(out, 'certified_vs_attack.png'))
+            subject, os.path.join(out, 'certified_vs_attack.png'))
     for result in results.values():
         for name, draw in result.figures.items():
             draw(os.path.join(out, name))
     logging.info('evaluation of %s: %s', workdir, json.dumps(summary))
-
-
-def read_curves(workdir: str) -> dict[str, np.ndarray]:
-    """The curves.csv of an evaluated run as columns (empty if it has none)."""
-    path = os.path.join(paths.confined(workdir, EVALUATION_DIR), 'curves.csv')
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]}
-
-
-def compare_runs(workdirs: Sequence[str], outdir: str) -> list[dict]:
-    """Overlays runs into Fig. 1a, 1b and one figure per curve, plus a results table.
-
-    ``fig2_attack.png`` is the paper's Fig. 2 (CW-L2 accuracy vs perturbation norm); the table
-    (``comparison.csv``/``.json``/``.md``) has the training summary and every evaluator scalar.
-    """
-    os.makedirs(outdir, exist_ok=True)
-    histories, curves, table, untrained = {}, {}, [], []
-    for workdir in workdirs:
-        config = run_files.load_config(workdir)
-        label = run_label(config)
-        if label in histories:  # e.g. a sweep over seeds: keep both curves apart
-            label = f'{label} [{os.path.basename(os.path.normpath(workdir))}]'
-        records = run_files.read_metrics(workdir)
-        histories[label] = records
-        margin = losses.trains_for_margin(losses.METHODS.get(config.method))
-        if not margin:  # plain training: no radius, no required margin to meet
-            untrained.append(label)
-            records = [{key: value for key, value in record.items()
-                        if 'required_margin' not in key} for record in records]
-        row = {'run': label, 'workdir': os.path.abspath(workdir), 'method': config.method,
-               'epsilon': config.epsilon if margin else None, 'epochs': len(records),
-               'train_accuracy': records[-1]['train_accuracy'] if records else None,
-               'test_accuracy': records[-1]['test_accuracy'] if records else None,
-               'train_accuracy_inflated': records[-1].get('train_accuracy_inflated')
-               if records else None,
-               'first_epoch_meeting_bound': plots.first_epoch_meeting_bound(records),
-               **{f'first_epoch_meeting_bound_{reading}': plots.first_epoch_meeting_bound(
-                   records, reading) for reading in plots.MARGIN_READINGS if reading != 'mean'},
-               'train_seconds': sum(r.get('epoch_seconds', 0.0) for r in records)}
-        summary_path = os.path.join(paths.confined(workdir, EVALUATION_DIR), 'evaluation.json')
-        if os.path.exists(summary_path):
-            summary = run_files.read_json(summary_path)
-            row.update({key: value for key, value in summary.items()
-                        if isinstance(value, (int, float)) and key != 'epoch'})
-            columns = read_curves(workdir)
-            for name, values in columns.items():
-                if name != 'radius':
-                    curves.setdefault(name, {})[label] = (columns['radius'], values)
-        table.append(row)
-    plots.plot_margins(histories, os.path.join(outdir, 'fig1a_margins.png'), untrained)
-    plots.plot_loss(histories, os.path.join(outdir, 'fig1b_loss.png'))
-    for name, runs in curves.items():
-        plots.plot_curve_overlay(runs, name, os.path.join(outdir, f'fig2_{name}.png'))
-    with open(os.path.join(outdir, 'comparison.json'), 'w') as f:
-        json.dump(table, f, indent=2)
-    columns = list(dict.fromkeys(key for row in table for key in row))
-    with open(os.path.join(outdir, 'comparison.csv'), 'w', newline='') as f:
-        out = csv.DictWriter(f, fieldnames=columns)
-        out.writeheader()
-        out.writerows(table)
-    with open(os.path.join(outdir, 'comparison.md'), 'w') as f:
-        f.write(markdown_table(table, [c for c in columns if c not in ('workdir', 'method')]))
-    return table
-
-
-def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    """A Markdown table of ``rows`` (floats to 4 significant digits), for reports."""
-    def cell(value):
-        return f'{value:.4g}' if isinstance(value, float) else ('' if value is None else str(value))
-    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
-    lines += ['| ' + ' | '.join(cell(row.get(c)) for c in columns) + ' |' for row in rows]
-    return '\n'.join(lines) + '\n'

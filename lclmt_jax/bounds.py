@@ -1,5 +1,8 @@
-"""The Lipschitz math, as pure functions: each layer's training estimate and sound upper bound,
-and the rules that compose them. ``layers.py`` wraps these in Flax modules; models only compose.
+"""Operator norms of dense and conv maps, as pure functions, and the rules that compose bounds.
+
+What several layer families share (``lclmt_jax.layers``: each family's own bound lives in its
+module): power-iteration estimates and sound upper bounds of |W|_2 for dense kernels and for
+zero-padded convs on a given input shape, and the composition rules.
 
 Two kinds of bound per layer:
 
@@ -23,6 +26,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lclmt_jax.convolution import CONV_DIMS, ConvPadding, conv, conv_padding, pair
 
 Array = jax.Array
 
@@ -244,60 +249,6 @@ def dense_upper_bound(kernel: Array) -> float:
 
 # ----------------------------------------------------------------------------- convolution
 
-ConvPadding = str | int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]]
-_CONV_DIMS = ('NHWC', 'HWIO', 'NHWC')
-
-
-def pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
-    """``value`` as a pair of positive ints (an int means the same on both spatial axes)."""
-    values = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(values) != 2 or any(int(v) < 1 for v in values):
-        raise ValueError(f'{what} must be a positive int or a pair of them, got {value!r}')
-    return int(values[0]), int(values[1])
-
-
-def conv_padding(padding: ConvPadding, input_hw: Sequence[int], kernel_hw: Sequence[int],
-                 strides: Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Explicit zero padding ``((top, bottom), (left, right))`` of a conv on an H×W input.
-
-    ``'SAME'`` follows XLA (output size ceil(n/s), total padding max((out-1)·s + k - n, 0), the
-    odd pixel at the end), ``'VALID'`` is no padding, an int p pads p on every side, ``(ph, pw)``
-    pads ph rows and pw columns on both sides, and ``((t, b), (l, r))`` is taken as is. Every conv
-    in this file is run with the explicit padding returned here, so the forward pass, the power
-    iteration and the sound bound all see the same linear map.
-    """
-    if isinstance(padding, str):
-        if padding.upper() == 'VALID':
-            pads = ((0, 0), (0, 0))
-        elif padding.upper() == 'SAME':
-            pads = []
-            for n, k, s in zip(input_hw, kernel_hw, strides, strict=True):
-                total = max((-(-n // s) - 1) * s + k - n, 0)
-                pads.append((total // 2, total - total // 2))
-            pads = tuple(pads)
-        else:
-            raise ValueError(f"padding must be 'SAME', 'VALID' or ints, got {padding!r}")
-    elif isinstance(padding, (int, np.integer)):
-        pads = ((int(padding),) * 2,) * 2
-    elif len(padding) == 2 and all(isinstance(p, (int, np.integer)) for p in padding):
-        pads = ((int(padding[0]),) * 2, (int(padding[1]),) * 2)
-    else:
-        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if len(pads) != 2 or any(p < 0 for side in pads for p in side):
-        raise ValueError(f'conv padding must be non-negative, got {padding!r}')
-    for n, k, (lo, hi) in zip(input_hw, kernel_hw, pads, strict=True):
-        if n + lo + hi < k:
-            raise ValueError(f'a {tuple(kernel_hw)} kernel does not fit the padded input '
-                             f'{tuple(input_hw)} with padding {padding!r}')
-    return pads
-
-
-def conv(x: Array, kernel: Array, strides: tuple[int, int],
-          pads: tuple[tuple[int, int], tuple[int, int]]) -> Array:
-    """Bias-free cross-correlation (what ``lax.conv`` computes), NHWC input, HWIO kernel."""
-    return jax.lax.conv_general_dilated(x, kernel, window_strides=strides, padding=pads,
-                                        dimension_numbers=_CONV_DIMS)
-
 
 def scale_kernel(kernel: Any, in_scale: Any = None, out_scale: Any = None) -> Any:
     """The HWIO kernel of x -> diag(out_scale)·conv(diag(in_scale)·x, kernel).
@@ -421,65 +372,13 @@ def conv_upper_bound(kernel: Array, input_shape: Sequence[int], stride: int | Se
                                                                   strict=True)]
     return circular_conv_norm(matrix, grid, strides) * (1.0 + SOUND_SLACK)
 
-# ----------------------------------------------------------------------------- batch norm
+
+# ----------------------------------------------------------------------------- shared by families
+# of layers that are 1-Lipschitz by construction (``layers.aol``, ``layers.sll``): a rescaling
+# recomputed from the parameters on every call, from the Gram kernel of the conv.
 
 
-def batch_norm_multipliers(scale: Array, var: Array, epsilon: float) -> np.ndarray:
-    """|gamma_c|/sqrt(var_c + eps) per channel in float64: |D| of BN with fixed statistics.
-
-    eps is taken as the smaller of its float64 and float32 values so the multipliers are at least
-    those of the network evaluated in either precision. Not rounded up: a bound built from them
-    adds ``SOUND_SLACK`` itself.
-    """
-    gamma = require_concrete(scale, 'a batch norm layer')
-    variance = require_concrete(var, 'a batch norm layer')
-    eps = min(float(epsilon), float(np.float32(epsilon)))
-    return np.abs(gamma) / np.sqrt(variance + eps)
-
-
-def batch_norm_upper_bound(scale: Array, var: Array, epsilon: float) -> float:
-    """Guaranteed bound max_c |gamma_c|/sqrt(var_c + eps) of BN with fixed statistics, float64.
-
-    BN with fixed (mean, var) is x -> D x + const with D diagonal (per channel, repeated over
-    positions), so its L2 Lipschitz constant is exactly max |D| (a diagonal matrix's spectral norm
-    is its largest absolute entry). eps as in ``batch_norm_multipliers``; SOUND_SLACK covers
-    rounding.
-    """
-    return float(np.max(batch_norm_multipliers(scale, var, epsilon)) * (1.0 + SOUND_SLACK))
-
-
-
-# ----------------------------------------------------------------------------- pooling
-
-
-def average_pool_bound(height: int, width: int, sound: bool = False) -> float:
-    """Lipschitz constant 1/sqrt(H·W) of the mean over an H×W grid (per channel).
-
-    Per channel, |mean_i x_i|^2 <= (1/(HW))·sum_i x_i^2 by Cauchy-Schwarz; summed over channels
-    |pool(x)| <= |x|/sqrt(HW), with equality for spatially constant x: the bound is exact. The
-    sound value is rounded up by SOUND_SLACK.
-    """
-    bound = 1.0 / float(np.sqrt(height * width))
-    return bound * (1.0 + SOUND_SLACK) if sound else bound
-
-
-# ----------------------------------------------------------------------------- 1-Lipschitz layers
-#
-# AOL (Prach & Lampert, 2022) and SLL (Araujo et al., 2023, in the corrected form of their
-# repository's commit 1abe5e1) are 1-Lipschitz by construction: a rescaling recomputed from the
-# parameters on every call makes the layer's norm <= 1 whatever the parameters are. Training uses
-# the constant 1; the sound bound does not assume it but measures, in float64, the operator the
-# forward pass really applies (``_in_both_precisions``), so rounding that broke the construction
-# would show as a bound above 1.
-
-# AOL's epsilon: it only shrinks the rescaling, so any value >= 0 keeps the layer 1-Lipschitz.
-AOL_EPSILON = 1e-6
-# SLL's guard against an all-zero Gram row (a dead inner unit); in the denominator only, where it
-# only shrinks t.
-SLL_TINY = 1e-12
-
-
-def _as_conv_kernel(kernel: Array) -> Array:
+def as_conv_kernel(kernel: Array) -> Array:
     """A dense kernel (in, out) as the HWIO kernel of the equal 1×1 conv; a conv kernel as is."""
     return kernel.reshape((1, 1, *kernel.shape)) if kernel.ndim == 2 else kernel
 
@@ -494,84 +393,18 @@ def gram_kernel(kernel: Array) -> Array:
     every block row. Computed as one correlation of the kernel with itself (input channels as the
     batch, zero padding k - 1 so every overlapping offset is counted), at full precision.
     """
-    kernel = _as_conv_kernel(kernel)
+    kernel = as_conv_kernel(kernel)
     k_h, k_w = kernel.shape[:2]
     # image[i, a, b, o] = K[a, b, i, o]; filter[p, o, j] = K[p, j, o]; the correlation gives
     # out[i, y, j] = sum_p K[y + p - (k - 1)]_i · K[p]_j = (G_{(k-1) - y})_{ij}.
     out = jax.lax.conv_general_dilated(
         jnp.transpose(kernel, (2, 0, 1, 3)), jnp.transpose(kernel, (0, 1, 3, 2)), (1, 1),
-        ((k_h - 1, k_h - 1), (k_w - 1, k_w - 1)), dimension_numbers=_CONV_DIMS,
+        ((k_h - 1, k_h - 1), (k_w - 1, k_w - 1)), dimension_numbers=CONV_DIMS,
         precision=jax.lax.Precision.HIGHEST)
     return jnp.transpose(out, (1, 2, 0, 3))[::-1, ::-1]
 
 
-def gram_row_sums(kernel: Array) -> Array:
-    """r_i = sum_Δ sum_j |(G_Δ)_ij| (``gram_kernel``): the absolute row sums of C^T C at input
-    channel i, the same at every position. G_{-Δ} = G_Δ^T, so summing over all Δ makes rows and
-    columns alike."""
-    return jnp.sum(jnp.abs(gram_kernel(kernel)), axis=(0, 1, 3))
-
-
-def aol_scale(kernel: Array, epsilon: float = AOL_EPSILON) -> Array:
-    """AOL's per-input-channel rescaling d_i = (r_i + eps)^(-1/2), r = ``gram_row_sums``.
-
-    Why C·diag(d) is 1-Lipschitz (the Schur test; Gershgorin on diag(r) - C^T C): M = C^T C is
-    symmetric, so for every x
-        x^T M x <= sum_ab |M_ab|·|x_a|·|x_b| <= sum_ab |M_ab|·(x_a² + x_b²)/2 = sum_a r_a x_a²,
-    i.e. M <= diag(r) (Loewner order; r_a is r_i for a = (position, channel i), as the block rows
-    are alike). With D = diag(d) repeated over positions, |C D|² = λ_max(D M D) and
-    D M D <= D diag(r) D = diag(r/(r + eps)) <= I, so |C D|_2 <= 1. For a dense kernel C is
-    the matrix itself. For a conv on a finite input with zero padding and any stride the layer is
-    x -> S R C E D x (E: zero extension to the plane, an isometry that commutes with D; R: the
-    restriction to the computed outputs; S: keeping every s-th one), so its norm is at most
-    |S|·|R|·|C D|·|E| <= 1. Equality holds for orthogonal columns (and for the identity conv).
-    """
-    return jax.lax.rsqrt(gram_row_sums(kernel) + epsilon)
-
-
-def aol_kernel(kernel: Array, epsilon: float = AOL_EPSILON) -> Array:
-    """The kernel AOL applies: ``kernel`` with input channel i scaled by d_i (``aol_scale``); the
-    same for a dense (in, out) and an HWIO kernel. Its norm is <= 1 for every ``kernel``."""
-    return kernel * aol_scale(kernel, epsilon)[:, None]
-
-
-def sll_scale(kernel: Array, q_raw: Array, tiny: float = SLL_TINY) -> Array:
-    """SLL's per-inner-unit factor t_j = q_j / (sum_k R_jk q_k + tiny), q = exp(q_raw - max q_raw).
-
-    ``kernel`` maps the features to the inner units (dense (n, m) or HWIO (k, k, n, m)); A is that
-    map, R_jk = sum_Δ |(H_Δ)_jk| with H the blocks of A A^T on the plane (``gram_kernel`` of the
-    kernel with its channel axes swapped: H_Δ = sum_p K_p^T K_{p+Δ}). Why |diag(√t) A|_2 <= 1
-    (the weighted Schur test, Araujo et al.'s condition T - A A^T >= 0 with T = diag(1/t)): for
-    N = A A^T and any x, with q_a > 0 the weight of a's unit,
-        x^T N x <= sum_ab |N_ab|·|x_a|·|x_b| <= sum_ab |N_ab|·(x_a² q_b/q_a + x_b² q_a/q_b)/2
-                 = sum_a x_a² (R q)_a / q_a,
-    so N <= diag((R q)/q) <= diag(1/t) and diag(√t) N diag(√t) <= I. Zero padding and strides make
-    A a compression S R C E of the plane conv C, and S R commutes with diag(√t), so
-    |diag(√t) A|² <= |diag(√t) C C^T diag(√t)| <= 1. A unit whose q underflows to 0 gets t = 0
-    and drops out; the rest keep positive weights and the argument applies to them. T depends on
-    q only through ratios, so subtracting max q_raw changes nothing and keeps exp from overflowing.
-    This is the corrected form: the original had an eps added to q_i on one side only, which
-    made T too small and the layer not 1-Lipschitz.
-    """
-    swapped = jnp.swapaxes(_as_conv_kernel(kernel), 2, 3)
-    weights = jnp.exp(q_raw - jax.lax.stop_gradient(jnp.max(q_raw)))
-    row_sums = jnp.sum(jnp.abs(gram_kernel(swapped)), axis=(0, 1))
-    return weights / (jnp.dot(row_sums, weights, precision=jax.lax.Precision.HIGHEST) + tiny)
-
-
-def conv_with_adjoint(x: Array, kernel: Array, strides: tuple[int, int],
-                      pads: tuple[tuple[int, int], tuple[int, int]]
-                      ) -> tuple[Array, Callable[[Array], Array]]:
-    """``A x`` for the bias-free zero-padded conv A (``conv``) and A^T as a function.
-
-    A^T is the transpose of the same linear map (``jax.vjp``), so <A x, y> = <x, A^T y> exactly
-    in exact arithmetic, whatever the stride and padding: what SLL's 1-Lipschitz proof needs.
-    """
-    image, pullback = jax.vjp(lambda z: conv(z, kernel, strides, pads), x)
-    return image, lambda y: pullback(y)[0]
-
-
-def _in_both_precisions(fn: Callable[..., tuple[Array, ...]], *arrays: Any
+def in_both_precisions(fn: Callable[..., tuple[Array, ...]], *arrays: Any
                         ) -> list[tuple[np.ndarray, ...]]:
     """``fn`` of concrete ``arrays`` computed in float32 and in float64, as float64 numpy arrays.
 
@@ -588,53 +421,3 @@ def _in_both_precisions(fn: Callable[..., tuple[Array, ...]], *arrays: Any
         results.append(tuple(np.asarray(out, np.float64)
                              for out in fn(*(jnp.asarray(a, jnp.float64) for a in concrete))))
     return results
-
-
-def aol_upper_bound(kernel: Array, input_shape: Sequence[int] | None = None,
-                    stride: int | Sequence[int] = 1, padding: ConvPadding = 'SAME',
-                    epsilon: float = AOL_EPSILON) -> float:
-    """Guaranteed upper bound on the norm of an AOL layer with raw parameter ``kernel``.
-
-    Not the constant 1 of ``aol_scale``'s proof: the exact norm of the rescaled kernel as the
-    float32 and the float64 forward passes compute it (``aol_kernel``), in float64: a dense
-    (in, out) kernel's by SVD (``dense_upper_bound``), a conv's on ``input_shape`` with its stride
-    and zero padding by the circular embedding (``conv_upper_bound``, sound for zero padding as
-    its grid holds the padded input). It is <= 1 + 1e-6 unless rounding broke the construction,
-    and then it says so.
-    """
-    kernels = [k for (k,) in _in_both_precisions(lambda k: (aol_kernel(k, epsilon),), kernel)]
-    if np.ndim(kernels[0]) == 2:
-        return max(dense_upper_bound(k) for k in kernels)
-    return max(conv_upper_bound(k, input_shape, stride, padding) for k in kernels)
-
-
-def sll_residual_bound(inner_norm: float) -> float:
-    """Bound max(1, 2β² - 1) on the Jacobians of x -> x - 2 A^T(t ⊙ relu(A x + b)), given
-    β >= |diag(√t) A|_2.
-
-    The map is piecewise affine and continuous, so its Lipschitz constant is the largest norm of
-    its Jacobians J = I - 2 A^T diag(t) S A, S = diag(relu') with entries in {0, 1} (in [0, 1]
-    for any slope-in-[0, 1] activation). Diagonal matrices commute, so with B = diag(√t) A,
-    J = I - 2 B^T S B: symmetric, and 0 <= B^T S B <= B^T B <= β² I, so J's eigenvalues lie in
-    [1 - 2β², 1] and |J|_2 <= max(1, 2β² - 1). When t meets the SLL condition (``sll_scale``)
-    β <= 1 and the bound is 1; a β above 1 (rounding) gives a larger but still sound bound.
-    Increasing in β, so an upper bound on β gives an upper bound here.
-    """
-    return max(1.0, 2.0 * inner_norm * inner_norm - 1.0)
-
-
-def sll_upper_bound(kernel: Array, q_raw: Array, input_shape: Sequence[int] | None = None,
-                    stride: int | Sequence[int] = 1, padding: ConvPadding = 'SAME',
-                    tiny: float = SLL_TINY) -> float:
-    """Guaranteed upper bound on the Lipschitz constant of an SLL layer (``sll_residual_bound``)
-    from its raw parameters: β = |diag(√t) A|_2 computed in float64 for the t of the float32 and
-    of the float64 forward pass (``sll_scale``), by SVD for a dense (n, m) kernel, by
-    ``conv_upper_bound`` with ``out_scale=√t`` for a conv on ``input_shape`` with its stride and
-    zero padding. Rounded up by ``SOUND_SLACK``, as every sound bound here."""
-    pairs = _in_both_precisions(lambda k, q: (k, sll_scale(k, q, tiny)), kernel, q_raw)
-    if np.ndim(pairs[0][0]) == 2:
-        betas = [dense_upper_bound(scale_kernel(k, out_scale=np.sqrt(t))) for k, t in pairs]
-    else:
-        betas = [conv_upper_bound(k, input_shape, stride, padding, out_scale=np.sqrt(t))
-                 for k, t in pairs]
-    return sll_residual_bound(max(betas)) * (1.0 + SOUND_SLACK)

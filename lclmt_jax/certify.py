@@ -48,7 +48,7 @@ class SoundBounds(NamedTuple):
 def sound_bounds(model: nn.Module, variables: Any, input_shape: tuple[int, ...]) -> SoundBounds:
     """Evaluates every layer's sound bound on the concrete parameters (host, float64).
 
-    The head is whatever the model declares through its output (``models.lipschitz_head``).
+    The head is whatever the model declares through its output (``layers.head.lipschitz_head``).
     """
     output = model.apply(variables, jnp.zeros((1, *input_shape), jnp.float32), sound=True)
     return SoundBounds(float(output.lipschitz), float(output.body_lipschitz),
@@ -89,8 +89,9 @@ def finite_rows(values: np.ndarray) -> np.ndarray:
 
 
 def rounding_allowance(model: nn.Module, variables: Any, images: np.ndarray) -> rounding.Allowance:
-    """The float32 rounding allowance of every image (``rounding``); raises
-    ``rounding.NotAnalysable`` (one line) for a model without a declared analysis."""
+    """The float32 rounding allowance of every image (``rounding``, recorded from the model's
+    sound pass); raises ``rounding.NotAnalysable`` (one line) for a model with a layer that has
+    no rounding step."""
     images = np.asarray(images)
     return rounding.analyse(rounding.network(model, variables, images.shape[1:]), images)
 

@@ -13,15 +13,15 @@ it has one (``{'member': 'paper_lmt', 'method': 'lmt'}``), and runs in ``<workdi
 name is one folder name of letters, digits and ``._+-``, not starting with a dot (``MEMBER_NAME``),
 so every member stays inside the sweep's workdir. ``launch.py --sweep=run`` trains and evaluates the
 members one after another, skipping what is already done (an interrupted member resumes from its
-checkpoint), then overlays them with :func:`lclmt_jax.assessment.compare_runs`
-(``comparison.csv``/``.json`` and the figures in ``<workdir>``). ``launch.py --sweep=print`` prints
-one shell command per member instead, for a scheduler.
+checkpoint), then overlays them with ``comparison.compare_runs`` (``comparison.csv``/``.json``/
+``.md`` and the figures in ``<workdir>``). ``launch.py --sweep=print`` prints one shell command
+per member instead, for a scheduler.
+
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -37,6 +37,7 @@ from absl import logging
 from lclmt_jax import (
     assessment,
     checkpoints,
+    comparison,
     config_files,
     config_schema,
     console,
@@ -45,6 +46,7 @@ from lclmt_jax import (
     run_files,
     train,
     validation,
+    writers,
 )
 
 # How a swept field shows up in a member's name; other fields use their last dotted component.
@@ -226,7 +228,7 @@ class Sweep:
                 if os.path.exists(os.path.join(workdir, name, run_files.METRICS_FILE))]
         table = []
         if done and jax.process_index() == 0:
-            table = assessment.compare_runs(done, workdir)
+            table = comparison.compare_runs(done, workdir)
             console.say(outcomes.comparison_table(
                 table, self.base.certificate, self.base.evaluation.epsilons))
             console.say(f'table and figures: {os.path.abspath(workdir)}/comparison.csv, *.png')
@@ -249,8 +251,7 @@ class Sweep:
             train.train_and_evaluate(config, member_dir)
         assessment.evaluate_run(member_dir, max_examples)
         if jax.process_index() == 0:
-            with open(os.path.join(member_dir, MEMBER_FILE), 'w') as f:
-                json.dump(record, f, indent=2)
+            writers.write_json(os.path.join(member_dir, MEMBER_FILE), record)
         return member_dir
 
 

@@ -71,19 +71,18 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
 
 
 def make_train_step(model: nn.Module, config: ml_collections.ConfigDict,
-                    steps_per_epoch: int) -> Callable:
+                    epsilon_at: optax.Schedule) -> Callable:
     """``train_step(state, uint8 images, labels) -> (state, TrainReport)`` on one global batch
     (``divergence.TrainReport``: the metrics and the non-finite signal).
 
-    The loss's epsilon follows ``losses.epsilon_schedule`` of the state's step; the margin
-    metrics use the full epsilon. ``inflated_correct`` is the accuracy of the inflated logits
+    The loss's epsilon is ``epsilon_at`` of the state's step (``losses.epsilon_schedule``); the
+    margin metrics use the full epsilon. ``inflated_correct`` is the accuracy of the inflated logits
     at the loss's epsilon: the "training accuracy" of the LMT reference code (its Chainer
     classifier scores the output it trains on), the fraction of points whose margin beats the
     inflation. With ``config.augment`` on, the batch is augmented first (``augment.augment``),
     with the key of (seed, state.step).
     """
     method = losses.METHODS.get(config.method)
-    epsilon_at = losses.epsilon_schedule(config, steps_per_epoch)
     crop_padding, flip = config.augment.crop_padding, config.augment.flip
 
     def train_step(state: TrainState, images: Array, labels: Array):
@@ -150,10 +149,10 @@ def create_trainer(config: ml_collections.ConfigDict, input_shape: tuple[int, ..
     model = models.create_model(config, num_classes)
     tx = optimizers.create_optimizer(config, steps_per_epoch)
     state = create_train_state(model, tx, jax.random.key(config.seed), tuple(input_shape))
+    epsilon_at = losses.epsilon_schedule(config, steps_per_epoch)
     return Trainer(model, mesh, input_pipeline.replicate(mesh, state),
-                   make_train_step(model, config, steps_per_epoch),
-                   make_eval_step(model, config),
-                   losses.epsilon_schedule(config, steps_per_epoch))
+                   make_train_step(model, config, epsilon_at), make_eval_step(model, config),
+                   epsilon_at)
 
 
 def make_refresh(trainer: Trainer, steps: int, images: np.ndarray) -> Callable:

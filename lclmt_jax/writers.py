@@ -5,6 +5,10 @@ of the epoch: one JSON record per epoch in ``metrics.jsonl`` (the file the repor
 ``--mode=compare`` read), TensorBoard event files and one console line with the time left. Only
 process 0 writes, so a multi-host run leaves one copy of the truth.
 
+``standard_json`` is the one rule for the JSON files the reports write (``comparison.json``,
+``sweep_member.json``): a non-finite number is written as ``null``, never as Python's ``NaN`` or
+``Infinity``, which JSON does not have.
+
 The writers follow clu's ``MetricWriter`` interface (``write_scalars``, ``flush``, ``close``) but
 not its classes: importing anything from ``clu.metric_writers`` imports TensorFlow (~3-8 s, 5-10%
 of a paper-MLP run); TensorBoard's record format is written here with plain file I/O.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import socket
 import time
@@ -26,6 +31,26 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 
 from lclmt_jax import paths
 from lclmt_jax.run_files import METRICS_FILE
+
+
+def standard_json(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-infinity) replaced by None, inside dicts,
+    lists and tuples too: JSON has no such numbers (Python's ``json`` would write ``NaN`` or
+    ``Infinity``, which other readers refuse), and ``null`` says "no finite value"."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: standard_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [standard_json(item) for item in value]
+    return value
+
+
+def write_json(path: str, value: Any) -> None:
+    """``value`` as standard JSON (``standard_json``), indented, in ``path``."""
+    text = json.dumps(standard_json(value), indent=2, allow_nan=False)
+    with open(path, 'w') as f:
+        f.write(text + '\n')
 
 
 class ScalarWriter:

@@ -7,7 +7,7 @@ epoch, measures in eval mode (running BN statistics: the network the certificate
 * per factor of the product bound L = L_stem · prod_blocks L_block · L_final_bn · L_pool·L_head:
   the training estimate (power iteration; in train mode on a training batch, the value the loss
   uses, and in eval mode), the sound bound (float64, ``sound=True``), and for each block the
-  product of its layers' bounds beside the BN-folded bound (``models.wrn.PreActBlock``);
+  product of its layers' bounds beside the BN-folded bound (``layers.preact_block.PreActBlock``);
 * the largest local Jacobian norm of each factor at the test points' own activations (power
   iteration on J^T J with jvp/vjp), of the residual branch alone, and of every prefix
   x -> h_k of the network, so the report can say which factor is loose and how the slack
@@ -69,13 +69,12 @@ from lclmt_jax import (  # noqa: E402
     train,
 )
 from lclmt_jax.activations import relu  # noqa: E402
-from lclmt_jax.layers import (  # noqa: E402
-    LipschitzBatchNorm,
-    LipschitzConv,
-    LipschitzDense,
-    global_average_pool,
-)
-from lclmt_jax.models.wrn import PreActBlock, WideResNet  # noqa: E402
+from lclmt_jax.layers.batchnorm import LipschitzBatchNorm, batch_norm_multipliers  # noqa: E402
+from lclmt_jax.layers.conv import LipschitzConv  # noqa: E402
+from lclmt_jax.layers.dense import LipschitzDense  # noqa: E402
+from lclmt_jax.layers.pooling import global_average_pool  # noqa: E402
+from lclmt_jax.layers.preact_block import PreActBlock  # noqa: E402
+from lclmt_jax.models.wrn import WideResNet  # noqa: E402
 
 Array = jax.Array
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -190,8 +189,8 @@ def block_layer_bounds(factor: Factor, input_shape: Sequence[int]) -> dict[str, 
     params, stats = factor.variables['params'], factor.variables['batch_stats']
     strides, identity = factor.block
     epsilon = LipschitzBatchNorm.epsilon
-    d1 = bounds.batch_norm_multipliers(params['bn1']['scale'], stats['bn1']['var'], epsilon)
-    d2 = bounds.batch_norm_multipliers(params['bn2']['scale'], stats['bn2']['var'], epsilon)
+    d1 = batch_norm_multipliers(params['bn1']['scale'], stats['bn1']['var'], epsilon)
+    d2 = batch_norm_multipliers(params['bn2']['scale'], stats['bn2']['var'], epsilon)
     height, width, _ = input_shape
     kernel1, kernel2 = params['conv1']['kernel'], params['conv2']['kernel']
     middle = (-(-height // strides), -(-width // strides), kernel1.shape[-1])

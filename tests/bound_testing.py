@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lclmt_jax import bounds
+from lclmt_jax import convolution
 
 
 def unit(shape, seed) -> jax.Array:
@@ -22,9 +22,9 @@ def conv_matrix(kernel, input_shape, stride, padding):
 
     The conv is linear, so its Jacobian is the conv itself; each entry is a kernel weight or 0.
     """
-    strides = bounds.pair(stride, 'stride')
-    pads = bounds.conv_padding(padding, input_shape[:2], kernel.shape[:2], strides)
-    jac = jax.jacobian(lambda x: bounds.conv(x[None], kernel, strides, pads)[0])(
+    strides = convolution.pair(stride, 'stride')
+    pads = convolution.conv_padding(padding, input_shape[:2], kernel.shape[:2], strides)
+    jac = jax.jacobian(lambda x: convolution.conv(x[None], kernel, strides, pads)[0])(
         jnp.zeros(input_shape, kernel.dtype))
     return jac.reshape(int(np.prod(jac.shape[:3])), -1)
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from lclmt_jax import assessment, certify, evaluators, margins
+from lclmt_jax import assessment, certify, comparison, evaluators, margins
 
 
 def test_evaluation_is_sound_on_a_trained_model(trained_workdir):
@@ -17,7 +17,7 @@ def test_evaluation_is_sound_on_a_trained_model(trained_workdir):
         accuracies = [results[f'certified_{name}@{eps:g}'] for eps in (0.1, 0.3, 0.5, 1, 1.58)]
         assert all(a <= results['clean_accuracy'] for a in accuracies)
         assert accuracies == sorted(accuracies, reverse=True)
-    curves = assessment.read_curves(trained_workdir)
+    curves = comparison.read_curves(trained_workdir)
     assert set(curves) == {'radius', 'attack', 'certified_global', 'certified_pairwise'}
     assert np.all(np.diff(curves['attack']) <= 0)
     assert np.all(curves['certified_pairwise'] <= curves['attack'] + 1e-12)  # lower <= upper
@@ -69,7 +69,7 @@ def test_the_attack_can_cover_fewer_points_than_the_certificates(trained_workdir
 
 def test_compare_tabulates_every_evaluator_scalar_and_overlays_curves(trained_workdir, tmp_path):
     assessment.evaluate_run(trained_workdir, max_examples=100)
-    table = assessment.compare_runs([trained_workdir], str(tmp_path))
+    table = comparison.compare_runs([trained_workdir], str(tmp_path))
     row = table[0]
     assert row['run'] == 'LC-LMT-pw(1.0)' and row['epochs'] == 3
     assert row['broken_certificates'] == 0 and 0 <= row['certified_pairwise@0.3'] <= 1

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from bound_testing import exact_conv_norm, unit
 
-from lclmt_jax import bounds
+from lclmt_jax import bounds, convolution
+from lclmt_jax.layers import batchnorm, pooling
 
 # (kernel size, stride, padding, C_in, C_out, input H, input W)
 CONV_CASES = [
@@ -131,22 +132,22 @@ def test_same_padding_matches_lax():
         kernel = unit((k, k, 2, 3), 1)
         expected = jax.lax.conv_general_dilated(x, kernel, (s, s), 'SAME',
                                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-        pads = bounds.conv_padding('SAME', (n, n + 1), (k, k), (s, s))
-        chex.assert_trees_all_close(bounds.conv(x, kernel, (s, s), pads), expected, atol=1e-6)
+        pads = convolution.conv_padding('SAME', (n, n + 1), (k, k), (s, s))
+        chex.assert_trees_all_close(convolution.conv(x, kernel, (s, s), pads), expected, atol=1e-6)
 
 
 def test_bad_padding_is_refused():
     with pytest.raises(ValueError, match='non-negative'):
-        bounds.conv_padding(-1, (5, 5), (3, 3), (1, 1))
+        convolution.conv_padding(-1, (5, 5), (3, 3), (1, 1))
     with pytest.raises(ValueError, match='does not fit'):
-        bounds.conv_padding('VALID', (2, 2), (3, 3), (1, 1))
+        convolution.conv_padding('VALID', (2, 2), (3, 3), (1, 1))
 
 
 def test_sound_bounds_refuse_to_run_under_jit():
     with pytest.raises(TypeError, match='outside jit'):
         jax.jit(lambda k: bounds.conv_upper_bound(k, (5, 5, 2)))(jnp.ones((3, 3, 2, 2)))
     with pytest.raises(TypeError, match='outside jit'):
-        jax.jit(lambda g: bounds.batch_norm_upper_bound(g, jnp.ones(2), 1e-5))(jnp.ones(2))
+        jax.jit(lambda g: batchnorm.batch_norm_upper_bound(g, jnp.ones(2), 1e-5))(jnp.ones(2))
 
 
 def test_power_iteration_survives_a_zero_kernel():
@@ -190,8 +191,8 @@ def test_average_pool_bound_is_the_exact_jacobian_norm():
     with jax.enable_x64(True):
         jacobian = np.asarray(jax.jacobian(pool)(jnp.ones((3, 5, 2), jnp.float64))).reshape(2, -1)
     exact = np.linalg.norm(jacobian, ord=2)
-    np.testing.assert_allclose(bounds.average_pool_bound(3, 5), exact, rtol=1e-12)
-    assert exact <= bounds.average_pool_bound(3, 5, sound=True) <= exact * (1 + 1e-5)
+    np.testing.assert_allclose(pooling.average_pool_bound(3, 5), exact, rtol=1e-12)
+    assert exact <= pooling.average_pool_bound(3, 5, sound=True) <= exact * (1 + 1e-5)
 
 
 def test_block_iteration_tracks_a_flat_top_spectrum_and_stays_a_lower_bound():

@@ -9,11 +9,14 @@ from bound_testing import conv_matrix, converge, exact_conv_norm, random_bn_vari
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lclmt_jax import bounds, input_pipeline, layers
+from lclmt_jax import bounds, input_pipeline
+from lclmt_jax.layers.batchnorm import LipschitzBatchNorm
+from lclmt_jax.layers.conv import LipschitzConv
+from lclmt_jax.layers.dense import LipschitzDense
 
 
 def test_conv_module_estimate_update_sound_bound_and_gradient():
-    conv = layers.LipschitzConv(3, kernel_size=3, strides=2, padding='SAME')
+    conv = LipschitzConv(3, kernel_size=3, strides=2, padding='SAME')
     x = unit((2, 7, 6, 2), 0)
     variables = jax.jit(conv.init)({'params': jax.random.key(1)}, x)
     assert variables['lipschitz']['v'].shape == (1, 7, 6, 2)
@@ -75,7 +78,7 @@ def test_channel_scaled_conv_estimate_and_bound_are_those_of_the_scaled_map():
     assert bound < product
 
     # The module: the output is the plain conv, the bound that of the scaled map.
-    conv = layers.LipschitzConv(4, 3, 2, use_bias=False)
+    conv = LipschitzConv(4, 3, 2, use_bias=False)
     x = unit((2, 8, 8, 3), 2)
     variables = {'params': {'kernel': kernel},
                  'lipschitz': {'v': unit((1, 8, 8, 3), 1)}}
@@ -98,7 +101,7 @@ def _jacobian_norm(fn, x) -> float:
 
 
 def test_batch_norm_eval_bound_is_the_jacobian_norm():
-    bn = layers.LipschitzBatchNorm()
+    bn = LipschitzBatchNorm()
     x = _normal((1, 4, 3, 5), 0)
     variables = random_bn_variables(bn.init({'params': jax.random.key(0)}, x), 1)
     exact = _jacobian_norm(lambda z: bn.apply(variables, z[None])[0][0], x[0])
@@ -109,7 +112,7 @@ def test_batch_norm_eval_bound_is_the_jacobian_norm():
 
 
 def test_batch_norm_train_bound_is_that_of_the_affine_map_with_batch_statistics():
-    bn = layers.LipschitzBatchNorm(momentum=0.8)
+    bn = LipschitzBatchNorm(momentum=0.8)
     x = _normal((6, 4, 3, 5), 0, scale=3.0, shift=1.0)
     variables = random_bn_variables(bn.init({'params': jax.random.key(0)}, x), 1)
     (y, bound), state = bn.apply(variables, x, train=True, mutable=['batch_stats'])
@@ -132,7 +135,7 @@ def test_batch_norm_train_bound_is_that_of_the_affine_map_with_batch_statistics(
 def test_batch_norm_statistics_are_those_of_the_global_batch_when_sharded():
     """Under the trainer's sharded jit the statistics span every device's rows (no axis names)."""
     x = _normal((8, 3, 3, 4), 0) * jnp.arange(1.0, 9.0)[:, None, None, None]  # shards differ
-    bn = layers.LipschitzBatchNorm()
+    bn = LipschitzBatchNorm()
     variables = bn.init({'params': jax.random.key(0)}, x)
     apply = lambda x: bn.apply(variables, x, train=True, mutable=['batch_stats'])
     expected = apply(x)
@@ -144,7 +147,7 @@ def test_batch_norm_statistics_are_those_of_the_global_batch_when_sharded():
 
 def test_dense_layer_vector_update_and_power_iterations_per_call():
     x = unit((3, 20), 0)
-    dense = layers.LipschitzDense(7)
+    dense = LipschitzDense(7)
     variables = dense.init({'params': jax.random.key(0)}, x)
     kernel = variables['params']['kernel']
     chex.assert_trees_all_close(dense.apply(variables, x)[0], x @ kernel, atol=1e-6)
@@ -152,7 +155,7 @@ def test_dense_layer_vector_update_and_power_iterations_per_call():
     expected_sigma, expected_v = bounds.dense_power_iteration(kernel, variables['lipschitz']['v'])
     chex.assert_trees_all_close((sigma, state['lipschitz']['v']), (expected_sigma, expected_v))
     three_steps = bounds.ONE_VECTOR._replace(power_iterations=3)
-    (_, sigma3), state3 = layers.LipschitzDense(7, estimator=three_steps).apply(
+    (_, sigma3), state3 = LipschitzDense(7, estimator=three_steps).apply(
         variables, x, train=True, mutable=['lipschitz'])
     chex.assert_trees_all_close(
         (sigma3, state3['lipschitz']['v']),
@@ -166,7 +169,7 @@ def test_dense_estimators_keep_their_state_and_stay_below_the_sound_bound():
     for estimator, state_shape in [(bounds.ONE_VECTOR._replace(subspace_size=8), (40, 8)),
                                    (bounds.Estimator(1, subspace_size=8, exact_below=8), None),
                                    (bounds.ONE_VECTOR._replace(power_iterations=2), (40,))]:
-        dense = layers.LipschitzDense(8, estimator=estimator)
+        dense = LipschitzDense(8, estimator=estimator)
         variables = dense.init({'params': jax.random.key(0)}, x)
         shapes = jax.tree.map(jnp.shape, variables.get('lipschitz', {}))
         assert shapes == ({'v': state_shape} if state_shape else {})

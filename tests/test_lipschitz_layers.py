@@ -11,8 +11,19 @@ import optax
 import pytest
 from bound_testing import conv_matrix
 
-from lclmt_jax import attacks, bounds, certify, config_schema, input_pipeline, models, train
-from lclmt_jax.layers import AOLConv, AOLDense, SLLConv, SLLDense
+from lclmt_jax import (
+    attacks,
+    bounds,
+    certify,
+    config_schema,
+    convolution,
+    input_pipeline,
+    models,
+    train,
+)
+from lclmt_jax.layers import aol, sll
+from lclmt_jax.layers.aol import AOLConv
+from lclmt_jax.layers.sll import SLLConv
 from lclmt_jax.models import lipconvnet
 
 SLACK = 1e-5  # what a sound bound of a 1-Lipschitz layer may exceed 1 by (rounding, SOUND_SLACK)
@@ -66,7 +77,7 @@ def gram_loop(kernel):
     return gram
 
 
-def aol_scale_loop(kernel, epsilon=bounds.AOL_EPSILON):
+def aol_scale_loop(kernel, epsilon=aol.AOL_EPSILON):
     gram = gram_loop(kernel)
     return np.array([(sum(abs(gram[u, v, i, j]) for u in range(gram.shape[0])
                           for v in range(gram.shape[1]) for j in range(gram.shape[3]))
@@ -91,9 +102,9 @@ def test_gram_and_rescalings_match_explicit_loops(shape):
     q_raw = np.random.default_rng(1).normal(size=shape[-1]).astype(np.float32) * 2
     np.testing.assert_allclose(bounds.gram_kernel(kernel), gram_loop(as_hwio(kernel)),
                                rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(bounds.aol_scale(kernel), aol_scale_loop(as_hwio(kernel)),
+    np.testing.assert_allclose(aol.aol_scale(kernel), aol_scale_loop(as_hwio(kernel)),
                                rtol=1e-5)
-    np.testing.assert_allclose(bounds.sll_scale(kernel, q_raw),
+    np.testing.assert_allclose(sll.sll_scale(kernel, q_raw),
                                sll_scale_loop(as_hwio(kernel), q_raw), rtol=1e-5)
 
 
@@ -105,24 +116,16 @@ def test_aol_layers_apply_the_loop_rescaled_kernel(stride, padding):
     variables = conv.init(jax.random.key(0), x)
     kernel = np.asarray(variables['params']['kernel'])
     scaled = kernel * aol_scale_loop(kernel)[:, None]
-    pads = bounds.conv_padding(padding, (6, 6), (3, 3), (stride, stride))
-    expected = bounds.conv(x, jnp.asarray(scaled, jnp.float32), (stride, stride), pads)
+    pads = convolution.conv_padding(padding, (6, 6), (3, 3), (stride, stride))
+    expected = convolution.conv(x, jnp.asarray(scaled, jnp.float32), (stride, stride), pads)
     np.testing.assert_allclose(conv.apply(variables, x)[0], expected, rtol=1e-5, atol=1e-5)
-
-    dense = AOLDense(5, kernel_init=nn_normal())
-    flat = x.reshape(2, -1)[:, :7]
-    dense_vars = dense.init(jax.random.key(1), flat)
-    w = np.asarray(dense_vars['params']['kernel'])
-    np.testing.assert_allclose(dense.apply(dense_vars, flat)[0],
-                               flat @ (w * aol_scale_loop(as_hwio(w))[:, None]),
-                               rtol=1e-5, atol=1e-5)
 
 
 def test_aol_conv_starts_as_the_identity_and_1x1_as_orthogonal():
     x = jnp.asarray(np.random.default_rng(14).normal(size=(1, 5, 5, 4)), jnp.float32)
     conv = AOLConv(4, 3)
     y, _ = conv.apply(conv.init(jax.random.key(0), x), x)
-    np.testing.assert_allclose(y, x * (1 + bounds.AOL_EPSILON) ** -0.5, rtol=1e-6)
+    np.testing.assert_allclose(y, x * (1 + aol.AOL_EPSILON) ** -0.5, rtol=1e-6)
     pointwise = AOLConv(4, 1)
     kernel = pointwise.init(jax.random.key(1), x)['params']['kernel'][0, 0]
     np.testing.assert_allclose(kernel.T @ kernel, np.eye(4), atol=1e-5)
@@ -136,10 +139,10 @@ def test_conv_adjoint_is_exact(stride, padding):
     rng = np.random.default_rng(3)
     kernel = jnp.asarray(rng.normal(size=(3, 3, 3, 2)))
     strides = (stride, stride)
-    pads = bounds.conv_padding(padding, (7, 7), (3, 3), strides)
+    pads = convolution.conv_padding(padding, (7, 7), (3, 3), strides)
     with jax.enable_x64(True):
         x = jnp.asarray(rng.normal(size=(2, 7, 7, 3)))
-        image, adjoint = bounds.conv_with_adjoint(x, jnp.asarray(kernel, jnp.float64), strides,
+        image, adjoint = convolution.conv_with_adjoint(x, jnp.asarray(kernel, jnp.float64), strides,
                                                   pads)
         y = jnp.asarray(rng.normal(size=image.shape))
         back = adjoint(y)
@@ -168,15 +171,6 @@ def test_sll_forward_equals_its_dense_definition(stride, padding):
     got = got.reshape(3, -1)
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
 
-    dense = SLLDense(inner=5)
-    dense_vars = perturbed(dense.init(jax.random.key(3), jnp.zeros((1, 6))), 6, 0.3)
-    p = jax.tree.map(lambda a: np.asarray(a, np.float64), dense_vars['params'])
-    z = rng.normal(size=(4, 6))
-    t = sll_scale_loop(as_hwio(p['kernel']), p['q'])
-    expected = z - 2 * (t * np.maximum(z @ p['kernel'] + p['bias'], 0)) @ p['kernel'].T
-    with jax.enable_x64(True):
-        got = np.asarray(jax.jit(dense.apply)(to64(dense_vars), jnp.asarray(z))[0])
-    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
 
 
 def test_sll_residual_bound_covers_jacobians_when_the_condition_fails():
@@ -185,7 +179,7 @@ def test_sll_residual_bound_covers_jacobians_when_the_condition_fails():
     for _ in range(20):
         w = rng.normal(size=(5, 4))
         t = 3.0 * sll_scale_loop(as_hwio(w), rng.normal(size=4))
-        bound = bounds.sll_residual_bound(bounds.dense_upper_bound(w * np.sqrt(t)))
+        bound = sll.sll_residual_bound(bounds.dense_upper_bound(w * np.sqrt(t)))
         assert bound > 1.5
         norms = [np.linalg.norm(np.eye(5) - 2 * w @ np.diag(t * s) @ w.T, 2)
                  for s in rng.integers(0, 2, size=(30, 4))]
@@ -199,7 +193,7 @@ def test_sll_residual_bound_covers_jacobians_when_the_condition_fails():
 INPUT = (6, 6, 3)
 CASES = ([('aol_conv', s, p) for s in (1, 2) for p in ('SAME', 'VALID')]
          + [('sll_conv', s, p) for s in (1, 2) for p in ('SAME', 'VALID')]
-         + [('aol_dense', 1, None), ('sll_dense', 1, None)])
+         + [('aol_pointwise', 1, 'SAME'), ('sll_pointwise', 1, 'SAME')])
 
 
 def make_layer(kind, stride, padding):
@@ -207,9 +201,9 @@ def make_layer(kind, stride, padding):
         return AOLConv(4, 3, stride, padding, kernel_init=nn_normal()), INPUT
     if kind == 'sll_conv':
         return SLLConv(inner=4, kernel_size=3, strides=stride, padding=padding), INPUT
-    if kind == 'aol_dense':
-        return AOLDense(5, kernel_init=nn_normal()), (8,)
-    return SLLDense(inner=6), (8,)
+    if kind == 'aol_pointwise':  # a dense layer: a 1×1 conv on one pixel
+        return AOLConv(5, 1, kernel_init=nn_normal()), (1, 1, 8)
+    return SLLConv(inner=6, kernel_size=1), (1, 1, 8)
 
 
 def sound_bound(layer, variables, shape):
@@ -256,7 +250,7 @@ def test_sound_bound_covers_jacobians_and_stays_near_one(kind, stride, padding):
         params, state = adam_step(params, state)
 
 
-@pytest.mark.parametrize('kind', ['sll_conv', 'sll_dense'])
+@pytest.mark.parametrize('kind', ['sll_conv', 'sll_pointwise'])
 def test_sll_survives_underflowing_weights_and_dead_units(kind):
     """q_raw spread so far that exp underflows to 0 in float32 (t = 0: the unit drops out) and
     an all-zero kernel column (a dead unit, only SLL_TINY in the denominator): finite outputs,
@@ -373,6 +367,9 @@ def test_lipconvnet_trains_through_the_trainer():
     before, after = (jax.tree.leaves(s.params['body']) for s in (trainer.state, state))
     assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
 
-    config.lipconvnet.layer = 'cpl'
-    with pytest.raises(ValueError, match="lipconvnet.layer must be one of"):
-        models.create_model(config, 10)
+    # The usable families are the registry's entries with ``same_width``, not a list.
+    for name in ('nonexistent', 'dense'):
+        config.lipconvnet.layer = name
+        with pytest.raises(ValueError, match=f"unknown lipconvnet.layer '{name}'; allowed: "
+                                             "aol, cpl, sll"):
+            models.create_model(config, 10)

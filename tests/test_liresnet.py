@@ -16,13 +16,15 @@ from lclmt_jax import (
     certify,
     config_schema,
     configs,
+    convolution,
     data,
     input_pipeline,
     margins,
     train,
     validation,
 )
-from lclmt_jax.models.liresnet import LiResBlock, LiResNet, block_kernel
+from lclmt_jax.layers.liresnet_block import LiResBlock, block_kernel
+from lclmt_jax.models.liresnet import LiResNet
 
 
 def _randomize(variables, seed, spread=0.3):
@@ -61,7 +63,7 @@ def test_block_bound_dominates_the_exact_norm_of_identity_plus_conv(seed):
     y, sound = block.apply(variables, x, sound=True)
     # the block is x + conv(x) + b, and its linear part's exact norm lies under the sound bound
     chex.assert_trees_all_close(
-        y, x + bounds.conv(x, residual, (1, 1), ((1, 1), (1, 1))) + params['bias'], atol=1e-5)
+        y, x + convolution.conv(x, residual, (1, 1), ((1, 1), (1, 1))) + params['bias'], atol=1e-5)
     exact = _dense_norm(lambda z: block.apply(variables, z)[0], x)
     assert exact <= sound <= 1.5 * exact
     # one map is never looser than the triangle inequality 1 + |K| (here strictly tighter)

@@ -12,8 +12,10 @@ import pytest
 from bound_testing import converge, random_bn_variables, unit
 
 from lclmt_jax import bounds, config_schema, configs, input_pipeline, losses, models, train
+from lclmt_jax.layers import batchnorm
+from lclmt_jax.layers.preact_block import PreActBlock
 from lclmt_jax.models.mlp import MLP
-from lclmt_jax.models.wrn import PreActBlock, WideResNet
+from lclmt_jax.models.wrn import WideResNet
 
 
 @functools.cache
@@ -72,7 +74,7 @@ def test_residual_block_bound_dominates_the_jacobian_norm(features, strides, fol
     _, estimate = block.apply(variables, x)
 
     params, stats = variables['params'], variables['batch_stats']
-    d = {name: bounds.batch_norm_multipliers(params[name]['scale'], stats[name]['var'], 1e-5)
+    d = {name: batchnorm.batch_norm_multipliers(params[name]['scale'], stats[name]['var'], 1e-5)
          for name in ('bn1', 'bn2')}
     shapes = {'conv1': ((6, 6, 4), strides), 'shortcut': ((6, 6, 4), strides),
               'conv2': ((6 // strides, 6 // strides, features), 1)}
@@ -347,6 +349,10 @@ def test_group_sort_is_a_permutation_with_lipschitz_constant_one():
         chex.assert_trees_all_close(jacobian @ jacobian.T, np.eye(16), atol=1e-6)  # orthogonal
     with pytest.raises(ValueError, match='multiple of 4'):
         ACTIVATIONS.get('groupsort4')(jnp.ones(6))
+    # MinMax by minimum/maximum: exactly the sort of each pair, on image-shaped inputs too
+    from lclmt_jax.activations import group_sort
+    images = jax.random.normal(jax.random.key(1), (2, 3, 3, 8))
+    np.testing.assert_array_equal(ACTIVATIONS.get('minmax')(images)[0], group_sort(images, 2))
 
 
 @pytest.mark.parametrize('activation', ['minmax', 'relu'])

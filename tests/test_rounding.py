@@ -2,17 +2,25 @@
 certificates built on them: a crafted network whose float32 prediction flips inside the exact
 certificate, a trained one whose radii barely move, non-finite inputs, and the evaluator."""
 
+import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import lclmt_jax
-from lclmt_jax import bounds, certify, data, layers, margins, rounding
+from lclmt_jax import activations, certify, data, layers, margins, rounding
 from lclmt_jax.evaluators import Context, run_evaluator
-from lclmt_jax.models import NormalizedHead, liresnet
+from lclmt_jax.layers import aol
+from lclmt_jax.layers.batchnorm import BatchNormStep, LipschitzBatchNorm
+from lclmt_jax.layers.conv import LipschitzConv
+from lclmt_jax.layers.dense import LipschitzDense
+from lclmt_jax.layers.head import NormalizedHead, lipschitz_head
+from lclmt_jax.layers.liresnet_block import block_kernel, block_kernel_error, block_scale
+from lclmt_jax.layers.pooling import AveragePool, global_average_pool
 from lclmt_jax.models.cnn import CNN
 from lclmt_jax.models.lipconvnet import LipConvNet
 from lclmt_jax.models.liresnet import LiResNet
@@ -80,7 +88,7 @@ def test_dense_bound_holds_against_measured_float32_errors(case):
         kernel = np.abs(kernel) * 10
     kernel, bias = kernel.astype(np.float32), bias.astype(np.float32)
     step = rounding.Dense(kernel, bias)
-    output = _layer_output(layers.LipschitzDense(m), {'kernel': kernel, 'bias': bias}, (n,))
+    output = _layer_output(LipschitzDense(m), {'kernel': kernel, 'bias': bias}, (n,))
     centers, points = _points(rng, (16, n), scale)
     if case == 'cancelling':
         centers, points = np.abs(centers) + 1, np.abs(points) + 1
@@ -98,7 +106,7 @@ def test_conv_bound_holds_against_measured_float32_errors(stride, padding, scale
               + 1e3 * rng.choice([-1, 1], (3, 3, 3, features))).astype(np.float32)
     bias = (rng.standard_normal(features) * (0.0 if scale < 1 else 1.0)).astype(np.float32)
     step = rounding.Conv(kernel, bias, shape, stride, padding)
-    output = _layer_output(layers.LipschitzConv(features, 3, stride, padding),
+    output = _layer_output(LipschitzConv(features, 3, stride, padding),
                            {'kernel': kernel, 'bias': bias}, shape, with_bound=False)
     centers, points = _points(rng, (8, *shape), scale)
     measured, _ = _check_step(step, output, centers, points)
@@ -114,14 +122,14 @@ def test_batch_norm_and_pooling_bounds_hold_against_measured_float32_errors(scal
     stats = {'mean': rng.standard_normal(4) * scale, 'var': rng.uniform(1e-8, 2, 4)}
     params, stats = (jax.tree.map(lambda a: np.asarray(a, np.float32), t) for t in (params,
                                                                                    stats))
-    step = rounding.BatchNorm(params['scale'], params['bias'], stats['mean'], stats['var'],
-                              layers.LipschitzBatchNorm.epsilon)
-    output = _layer_output(layers.LipschitzBatchNorm(), params, shape, stats)
+    step = BatchNormStep(params['scale'], params['bias'], stats['mean'], stats['var'],
+                              LipschitzBatchNorm.epsilon)
+    output = _layer_output(LipschitzBatchNorm(), params, shape, stats)
     centers, points = _points(rng, (8, *shape), scale)
     centers, points = centers + stats['mean'], points + stats['mean']  # x - mean cancels
     _check_step(step, output, centers, points)
-    pool = rounding.AveragePool(*shape[:2])
-    _check_step(pool, _highest(lambda z: layers.global_average_pool(z)[0]), centers, points)
+    pool = AveragePool(*shape[:2])
+    _check_step(pool, _highest(lambda z: global_average_pool(z)[0]), centers, points)
 
 
 @pytest.mark.parametrize('magnitude', [1.0, 1e-20, 1e-39])
@@ -131,11 +139,11 @@ def test_a_liresnet_block_kernel_computed_in_float32_is_within_its_error_bound(m
     rng = np.random.default_rng(6)
     kernel = (rng.standard_normal((3, 3, 5, 5)) * magnitude).astype(np.float32)
     scale = rng.uniform(0.3, 3, 5).astype(np.float32)
-    s = liresnet.block_scale(3)  # not exact in float32
-    computed = np.asarray(jax.jit(liresnet.block_kernel, static_argnums=2)(kernel, scale, s),
+    s = block_scale(3)  # not exact in float32
+    computed = np.asarray(jax.jit(block_kernel, static_argnums=2)(kernel, scale, s),
                           np.float64)
-    exact = liresnet.block_kernel(kernel.astype(np.float64), scale.astype(np.float64), s)
-    error = liresnet.block_kernel_error(kernel, scale, s, F32)
+    exact = block_kernel(kernel.astype(np.float64), scale.astype(np.float64), s)
+    error = block_kernel_error(kernel, scale, s, F32)
     assert np.all(np.abs(computed - exact) <= error) and np.abs(computed - exact).max() > 0
 
 
@@ -165,14 +173,14 @@ def test_lln_columns_normalised_in_float32_are_within_their_error_bound(magnitud
 @pytest.mark.parametrize('shape, magnitude', [((3, 3, 6, 5), 1.0), ((3, 3, 6, 5), 1e-12),
                                               ((40, 7), 1e3)])
 def test_an_aol_kernel_computed_in_float32_is_within_its_error_bound(shape, magnitude):
-    """``bounds.aol_kernel`` as the layers compute it (float32, jitted) against float64,
-    entrywise within ``rounding.aol_kernel_error``: the rescaling's Gram sums, eps and rsqrt."""
+    """``aol.aol_kernel`` as the layers compute it (float32, jitted) against float64,
+    entrywise within ``aol.aol_kernel_error``: the rescaling's Gram sums, eps and rsqrt."""
     kernel = (np.random.default_rng(8).standard_normal(shape) * magnitude).astype(np.float32)
-    computed = np.asarray(_highest(bounds.aol_kernel)(kernel), np.float64)
+    computed = np.asarray(_highest(aol.aol_kernel)(kernel), np.float64)
     with jax.enable_x64(True):
-        exact = np.asarray(bounds.aol_kernel(jnp.asarray(kernel, jnp.float64)))
+        exact = np.asarray(aol.aol_kernel(jnp.asarray(kernel, jnp.float64)))
     difference = np.abs(computed - exact)
-    error = rounding.aol_kernel_error(kernel, F32)
+    error = aol.aol_kernel_error(kernel, F32)
     assert np.all(difference <= error) and difference.max() > 0
 
 
@@ -313,42 +321,52 @@ def test_a_float32_flip_inside_the_exact_certificate_is_not_certified():
         assert 0.5 * exact[1] < radii[1] < exact[1]  # far from the boundary: still certified
 
 
-def test_a_walk_that_does_not_describe_the_model_is_refused(monkeypatch):
-    model, shape = _network('mlp')
-    variables = _random_variables(model, shape, 5)
-    x = np.random.default_rng(5).uniform(size=(4, *shape)).astype(np.float32)
+class _Unrecorded(nn.Module):
+    """An MLP-like model with a map the analysis cannot see: ``hidden`` 'raw_relu' applies
+    Flax's ReLU (no registered activation: nothing recorded), 'raw_dense' a Flax Dense layer
+    (parameters no layer recorded)."""
+
+    hidden: str = 'raw_relu'
+
+    @nn.compact
+    def __call__(self, x, *, train=False, sound=False):
+        h = layers.flatten(x)
+        if self.hidden == 'raw_dense':
+            h = nn.Dense(8)(h)
+        else:
+            h, _ = LipschitzDense(8)(h, train=train, sound=sound)
+            h = nn.relu(h)
+        return lipschitz_head(h, 1.0, 3, train=train, sound=sound)
+
+
+def test_a_map_outside_the_recorded_layers_is_caught():
+    """A map applied outside any layer leaves the recorded walk's logits off the model's (the
+    cross-check refuses them); parameters of a layer without a rounding step are named."""
+    x = np.random.default_rng(5).uniform(size=(4, 2, 2, 1)).astype(np.float32)
+    model = _Unrecorded('raw_relu')
+    variables = _random_variables(model, (2, 2, 1), 5)
     logits = certify.logits_float64(model, variables, x)
-    bounds = certify.sound_bounds(model, variables, shape)
-    honest = rounding.ANALYSES.get('mlp')
-
-    def without_activations(model, params, input_shape):
-        network = honest(model, params, input_shape)
-        return network._replace(steps=tuple(s for s in network.steps
-                                            if not isinstance(s, rounding.Activation)))
-
-    monkeypatch.setitem(rounding.ANALYSES._entries, 'mlp', without_activations)
+    bounds = certify.sound_bounds(model, variables, (2, 2, 1))
     allowance = certify.rounding_allowance(model, variables, x)
     with pytest.raises(ValueError, match='does not describe these logits'):
         certify.certified_radii(logits, np.zeros(4, int), bounds, 'pairwise', allowance)
-
-    def without_a_layer(model, params, input_shape):
-        return rounding.Network((rounding.Flatten(),), rounding.Head(
-            params['params']['head']['kernel'], params['params']['head']['bias']))
-
-    monkeypatch.setitem(rounding.ANALYSES._entries, 'mlp', without_a_layer)
-    with pytest.raises(rounding.NotAnalysable, match='does not cover params/LipschitzDense_0'):
-        certify.rounding_allowance(model, variables, x)
+    model = _Unrecorded('raw_dense')
+    with pytest.raises(rounding.NotAnalysable, match='does not cover params/Dense_0') as error:
+        certify.rounding_allowance(model, _random_variables(model, (2, 2, 1), 5), x)
+    assert '\n' not in str(error.value)
 
 
-def test_a_model_without_a_rounding_analysis_says_so_in_one_line():
-    class Unregistered(MLP):
-        pass
-
-    model = Unregistered(hidden_sizes=(4,), num_classes=3)
+def test_an_activation_not_exact_in_float32_is_refused_in_one_line(monkeypatch):
+    """The registry property ``exact_float32``, not a list: an activation registered without it
+    makes the float32 analysis refuse, naming it."""
+    softplus = activations.Activation('softplus', jax.nn.softplus, exact_float32=False)
+    monkeypatch.setitem(activations.ACTIVATIONS._entries, 'softplus', softplus)
+    model = MLP(hidden_sizes=(4,), activation='softplus', num_classes=3)
     variables = _random_variables(model, (2, 2, 1), 0)
     with pytest.raises(rounding.NotAnalysable) as error:
         certify.rounding_allowance(model, variables, np.zeros((1, 2, 2, 1), np.float32))
-    assert '\n' not in str(error.value) and 'no float32 rounding analysis' in str(error.value)
+    assert '\n' not in str(error.value)
+    assert "activation 'softplus' has no float32 rounding analysis" in str(error.value)
 
 
 # ----------------------------------------------------------------------------- trained model
@@ -430,11 +448,14 @@ def test_without_a_rounding_analysis_the_evaluator_reports_exact_figures_only(tr
                                                                                 monkeypatch,
                                                                                 capsys):
     model, x, y = _test_points(trained_workdir)
-    monkeypatch.delitem(rounding.ANALYSES._entries, 'mlp')
+    relu = activations.ACTIVATIONS.get(model.config.mlp.activation)
+    monkeypatch.setitem(activations.ACTIVATIONS._entries, relu.name,
+                        dataclasses.replace(relu, exact_float32=False))
     context = Context(model, x[:40], y[:40])
     scalars = run_evaluator('certificates', context).scalars
     assert context.arithmetic == 'exact'
-    assert "model 'mlp' has no float32 rounding analysis" in capsys.readouterr().err
+    assert f"activation '{relu.name}' has no float32 rounding analysis" in \
+        capsys.readouterr().err
     assert 'certified_exact_pairwise@0.1' in scalars and 'certified_only_exact_pairwise@0.1' in \
         scalars and not any(key.startswith('certified_pairwise') for key in scalars)
     with pytest.raises(rounding.NotAnalysable, match='no float32 rounding analysis'):

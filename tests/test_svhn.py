@@ -15,6 +15,7 @@ from lclmt_jax import (
     config_schema,
     configs,
     data,
+    losses,
     models,
     optimizers,
     run_files,
@@ -115,7 +116,7 @@ def _train_steps(config, images, labels, steps):
     model = models.create_model(config, 10)
     tx = optimizers.create_optimizer(config, steps_per_epoch=steps)
     state = _converged_state(model, tx, images)
-    step = jax.jit(train.make_train_step(model, config, steps))
+    step = jax.jit(train.make_train_step(model, config, losses.epsilon_schedule(config, steps)))
     history = []
     for _ in range(steps):
         state, metrics = step(state, images, labels)

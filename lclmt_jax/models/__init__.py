@@ -1,31 +1,36 @@
 """Networks built from Lipschitz-carrying layers, by name (``config.model``).
 
-Every model maps NHWC images in [0, 1] to a :class:`ModelOutput`: the logits and the bounds the
-trainer and the certificate need, computed in the same forward pass. A model ends in
-:func:`lipschitz_head`, which is how it declares its head: the pairwise constants
-K_tj = |w_t - w_j|·L_body (``lclmt_jax.margins``) read the head's kernel and the body's bound
-from the output, whatever the network is.
+Every model maps NHWC images in [0, 1] to a ``layers.head.ModelOutput``: the logits and the
+bounds the trainer and the certificate need, computed in the same forward pass. A model is a
+composition of the layer families of ``lclmt_jax.layers`` (each with its estimate, sound bound
+and float32 rounding step) and ends in ``layers.head.lipschitz_head``, which is how it declares
+its head: the pairwise constants K_tj = |w_t - w_j|·L_body (``lclmt_jax.margins``) read the
+head's kernel and the body's bound from the output, whatever the network is. Nothing else
+describes a model: its float32 rounding analysis is recorded from its own sound pass
+(``lclmt_jax.rounding``).
 
 Adding a model is one file in this package: a Flax module registered with ``@MODELS.register``,
 whose fields are its settings. ``config.<name>`` (a ConfigDict of some of those fields, optional)
 sets them; the number of classes comes from the dataset. Bounds compose by the rules of
-``lclmt_jax.bounds`` (chain: product; residual: sum; BN folded into a conv).
+``lclmt_jax.bounds`` (chain: product; residual: sum; BN folded into a conv). Parameter-free maps
+between layers go through ``layers.flatten``, ``layers.shift`` or ``layers.exact_map``, so that
+the analysis sees them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from lclmt_jax import bounds
-from lclmt_jax.layers import LipschitzDense
+from lclmt_jax.layers.dense import LipschitzDense
+from lclmt_jax.layers.head import ModelOutput as ModelOutput  # what every model returns
 from lclmt_jax.registry import Registry
 
 Array = jax.Array
@@ -41,19 +46,6 @@ INITIALIZERS: Registry[nn.initializers.Initializer] = Registry('init')
 INITIALIZERS.register('lecun_normal', nn.initializers.lecun_normal())
 INITIALIZERS.register('he_normal', nn.initializers.he_normal())
 INITIALIZERS.register('orthogonal', nn.initializers.orthogonal())
-
-
-class ModelOutput(NamedTuple):
-    """Logits, a bound L of x -> logits, the bound L_body of x -> head input, the head's kernel.
-
-    L = L_body·|head_kernel|_2. With ``sound=True`` the bounds are guaranteed float64 upper
-    bounds; otherwise training estimates.
-    """
-
-    logits: Array
-    lipschitz: Array
-    body_lipschitz: Array
-    head_kernel: Array
 
 
 def check_widths(widths: Any, name: str) -> None:
@@ -75,52 +67,6 @@ def dense_stack(h: Array, widths: Sequence[int], activation: Any, body_lipschitz
         h, activation_bound = activation(h)
         body_lipschitz = bounds.chain(body_lipschitz, layer_bound, activation_bound)
     return h, body_lipschitz
-
-
-class NormalizedHead(nn.Module):
-    """Last-layer normalisation (LLN; Singla et al., 2022): ``y = h @ W^ + bias`` with every
-    class column w^_c = w_c/|w_c| of unit L2 norm. Returns ``(y, W^, bound)``.
-
-    W^ is computed in the dtype of the forward pass (float32 in training, float64 in the
-    certifying forward pass of ``certify.logits_float64``); with ``sound=True`` it is the float64
-    normalisation of the concrete kernel on the host, i.e. the weights that float64 forward pass
-    applies, so the pairwise constants |w^_t - w^_j|·L_body describe the logits being certified.
-    bound = |W^|_2: exact (``dense_exact_norm``, the class count is the small side) in training,
-    ``dense_upper_bound`` when sound.
-    """
-
-    features: int
-    kernel_init: Any = nn.initializers.lecun_normal()
-
-    @nn.compact
-    def __call__(self, x: Array, *, sound: bool = False):
-        kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features))
-        bias = self.param('bias', nn.initializers.zeros, (self.features,))
-        if sound:
-            matrix = bounds.require_concrete(kernel, 'a normalised head')
-            unit = matrix / np.linalg.norm(matrix, axis=0, keepdims=True)
-            return x @ jnp.asarray(unit, x.dtype) + bias, unit, bounds.dense_upper_bound(unit)
-        unit = kernel / jnp.linalg.norm(kernel, axis=0, keepdims=True)
-        return x @ unit.astype(x.dtype) + bias, unit, bounds.dense_exact_norm(unit)
-
-
-def lipschitz_head(h: Array, body_lipschitz: Any, num_classes: int, *, train: bool,
-                   sound: bool, estimator: bounds.Estimator = bounds.ONE_VECTOR,
-                   kernel_init: Any = nn.initializers.lecun_normal(),
-                   normalize: bool = False) -> ModelOutput:
-    """The dense ``'head'`` on the body's features ``h``, and the whole network's output.
-
-    ``normalize=True``: a ``NormalizedHead`` (LLN), whose unit-norm columns are the head kernel
-    the output carries. Call it last inside a model's ``@nn.compact __call__``.
-    """
-    if normalize:
-        logits, unit, head_bound = NormalizedHead(num_classes, kernel_init, name='head')(
-            h, sound=sound)
-        return ModelOutput(logits, body_lipschitz * head_bound, body_lipschitz, unit)
-    head = LipschitzDense(num_classes, kernel_init, estimator, name='head')
-    logits, head_bound = head(h, train=train, sound=sound)
-    return ModelOutput(logits, body_lipschitz * head_bound, body_lipschitz,
-                       head.variables['params']['kernel'])
 
 
 def model_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -12,17 +12,11 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from lclmt_jax import bounds
+from lclmt_jax import bounds, layers
 from lclmt_jax.activations import ACTIVATIONS
-from lclmt_jax.layers import LipschitzConv
-from lclmt_jax.models import (
-    INITIALIZERS,
-    MODELS,
-    ModelOutput,
-    check_widths,
-    dense_stack,
-    lipschitz_head,
-)
+from lclmt_jax.layers.conv import LipschitzConv
+from lclmt_jax.layers.head import ModelOutput, lipschitz_head
+from lclmt_jax.models import INITIALIZERS, MODELS, check_widths, dense_stack
 
 Array = jax.Array
 
@@ -64,7 +58,7 @@ class CNN(nn.Module):
                                            estimator=self.estimator)(h, **kw)
             h, activation_bound = activation(h)
             body_lipschitz = bounds.chain(body_lipschitz, layer_bound, activation_bound)
-        h = h.reshape((h.shape[0], -1))
+        h = layers.flatten(h)
         h, body_lipschitz = dense_stack(h, self.dense, activation, body_lipschitz,
                                         estimator=self.estimator, kernel_init=init, **kw)
         return lipschitz_head(h, body_lipschitz, self.num_classes, estimator=self.estimator,

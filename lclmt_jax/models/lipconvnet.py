@@ -11,8 +11,8 @@ certificate of ``lipschitz_head`` applies unchanged.
 
 Default (width 16, 3 blocks of 2 layers, 3×3): 32×32×3 -> 4×4×128 = 2048 features; 28×28×1 ->
 28, 14, 7 (padded to 8), 4: also 2048. Initialisation: the identity (Dirac) for AOL's k×k
-kernels, orthogonal for 1×1 ones (``layers.AOLConv``); SLL as its reference code (Glorot normal
-kernel, ``layers.SLLConv``); orthogonal head.
+kernels, orthogonal for 1×1 ones (``layers.aol.AOLConv``); SLL as its reference code (Glorot normal
+kernel, ``layers.sll.SLLConv``); orthogonal head.
 """
 
 from __future__ import annotations
@@ -22,16 +22,24 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from lclmt_jax import bounds, rounding
+from lclmt_jax import bounds, layers
 from lclmt_jax.activations import ACTIVATIONS
-from lclmt_jax.layers import AOLConv, SLLConv
-from lclmt_jax.models import MODELS, ModelOutput, lipschitz_head
+from lclmt_jax.layers import LAYERS
+from lclmt_jax.layers.head import ModelOutput, lipschitz_head
+from lclmt_jax.models import MODELS
 
 Array = jax.Array
 
-LAYERS = ('aol', 'sll')
+
+
+def conv_family(name: str) -> type[nn.Module]:
+    """The ``layers.LAYERS`` family ``name``, which must offer ``same_width`` (a k×k layer from
+    ``width`` to ``width`` channels); a one-line ValueError naming those that do otherwise."""
+    usable = [family for family in LAYERS.names() if hasattr(LAYERS.get(family), 'same_width')]
+    if name not in usable:
+        raise ValueError(f'unknown lipconvnet.layer {name!r}; allowed: {", ".join(usable)}')
+    return LAYERS.get(name)
 
 
 def zero_channels(x: Array, width: int) -> Array:
@@ -72,19 +80,17 @@ class LipConvBody(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False,
                  sound: bool = False) -> tuple[Array, float]:
-        activation = ACTIVATIONS.get(self.activation)
-        h, body_lipschitz = zero_channels(x, self.width), 1.0
+        activation, family = ACTIVATIONS.get(self.activation), conv_family(self.layer)
+        h = layers.exact_map(functools.partial(zero_channels, width=self.width), x)
+        body_lipschitz = 1.0
         for _ in range(self.blocks):
             for _ in range(self.layers_per_block):
-                if self.layer == 'aol':
-                    conv = AOLConv(h.shape[-1], self.kernel_size)
-                else:
-                    conv = SLLConv(kernel_size=self.kernel_size)
+                conv = family.same_width(h.shape[-1], self.kernel_size)
                 h, layer_bound = conv(h, train=train, sound=sound)
                 h, activation_bound = activation(h)
                 body_lipschitz = bounds.chain(body_lipschitz, layer_bound, activation_bound)
-            h = downsample(h)
-        return h.reshape((h.shape[0], -1)), body_lipschitz
+            h = layers.exact_map(downsample, h)
+        return layers.flatten(h), body_lipschitz
 
 
 @MODELS.register('lipconvnet')
@@ -92,9 +98,10 @@ class LipConvNet(LipConvBody):
     """``LipConvBody`` (submodule ``'body'``, whose settings it takes) and a dense head
     (``lipschitz_head``).
 
-    Settings: ``layer`` 'aol' | 'sll'; ``width`` (even) the first block's channels, doubled by
-    every downsampling; ``blocks``; ``layers_per_block``; ``kernel_size`` (k×k, odd, so 'SAME'
-    padding is centred); ``activation`` (an ``ACTIVATIONS`` name, MinMax by default).
+    Settings: ``layer`` a ``layers.LAYERS`` family with ``same_width`` ('aol', 'cpl', 'sll');
+    ``width`` (even) the first block's channels, doubled by every downsampling; ``blocks``;
+    ``layers_per_block``; ``kernel_size`` (k×k, odd, so 'SAME' padding is centred);
+    ``activation`` (an ``ACTIVATIONS`` name, MinMax by default).
     """
 
     num_classes: int = 10
@@ -102,8 +109,7 @@ class LipConvNet(LipConvBody):
 
     def __post_init__(self):
         ACTIVATIONS.get(self.activation, 'activation')
-        if self.layer not in LAYERS:
-            raise ValueError(f'lipconvnet.layer must be one of {LAYERS}, got {self.layer!r}')
+        conv_family(self.layer)
         for name in ('width', 'blocks', 'layers_per_block', 'kernel_size'):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -121,37 +127,3 @@ class LipConvNet(LipConvBody):
         return lipschitz_head(h, body_lipschitz, self.num_classes, train=train, sound=sound,
                               estimator=self.estimator,
                               kernel_init=nn.initializers.orthogonal())
-
-
-@rounding.ANALYSES.register('lipconvnet')
-def _rounding_analysis(model: LipConvNet, variables: rounding.Parameters,
-                       input_shape: tuple[int, ...]) -> rounding.Network:
-    """The float32 rounding of an AOL ``LipConvNet`` (``rounding``): each AOL conv with the
-    kernel it recomputes at run time (``rounding.aol_kernel_error``), the exact channel padding
-    and downsampling, the dense head. SLL layers are not analysable: their weights pass
-    through exp, which the arithmetic model (A1-A3) does not bound."""
-    if model.layer != 'aol':
-        raise rounding.NotAnalysable(f'lipconvnet layer {model.layer!r} has no float32 rounding '
-                                     'analysis (its weights pass through exp); only AOL has')
-    params = variables['params']
-    activation = rounding.Activation(model.activation)
-    pad = rounding.ExactMap(functools.partial(zero_channels, width=model.width))
-    shape, halve = pad.output_shape(input_shape), rounding.ExactMap(downsample)
-    steps: list[rounding.Step] = [pad]
-    index = 0
-    for _ in range(model.blocks):
-        for _ in range(model.layers_per_block):
-            layer = params['body'][f'AOLConv_{index}']
-            kernel = layer['kernel']
-            with jax.enable_x64(True):
-                applied = np.asarray(bounds.aol_kernel(jnp.asarray(kernel, jnp.float64)))
-            conv = rounding.Conv(applied, layer['bias'], shape, 1, 'SAME',
-                                 kernel_error=functools.partial(rounding.aol_kernel_error,
-                                                                kernel))
-            steps += [conv, activation]
-            index += 1
-        steps.append(halve)
-        shape = halve.output_shape(shape)
-    steps.append(rounding.Flatten())
-    head = rounding.Head(params['head']['kernel'], params['head']['bias'])
-    return rounding.Network(tuple(steps), head)

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from lclmt_jax import bounds, models
+from lclmt_jax import bounds, layers, models
 from lclmt_jax.activations import ACTIVATIONS
+from lclmt_jax.layers.head import ModelOutput, lipschitz_head
 
 Array = jax.Array
 
@@ -34,13 +35,13 @@ class MLP(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: Array, *, train: bool = False, sound: bool = False) -> models.ModelOutput:
+    def __call__(self, x: Array, *, train: bool = False, sound: bool = False) -> ModelOutput:
         activation = ACTIVATIONS.get(self.activation)
         init = models.INITIALIZERS.get(self.weight_init)
-        h = x.reshape((x.shape[0], -1))
+        h = layers.flatten(x)
         body_lipschitz = 1.0
         h, body_lipschitz = models.dense_stack(h, self.hidden_sizes, activation, body_lipschitz,
                                                train=train, sound=sound,
                                                estimator=self.estimator, kernel_init=init)
-        return models.lipschitz_head(h, body_lipschitz, self.num_classes, train=train,
-                                     sound=sound, estimator=self.estimator, kernel_init=init)
+        return lipschitz_head(h, body_lipschitz, self.num_classes, train=train, sound=sound,
+                              estimator=self.estimator, kernel_init=init)
