@@ -13,7 +13,6 @@ Several processes (TPU pod, Slurm, MPI: detected; otherwise ``--coordinator_addr
 
 import os
 import sys
-import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (TFDS, TensorBoard) is chatty
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # and announces oneDNN otherwise
@@ -102,6 +101,8 @@ def parse_flags(argv: list[str]) -> list[str]:
             message = _unknown_override(argv) or one_line(error)
         except Exception:  # noqa: BLE001 -- the file itself is broken: report the first error
             message = one_line(error)
+        if isinstance(error, flags.Error):  # absl's own: a missing, unknown or malformed flag
+            message = f'{message.rstrip(".")}; python launch.py --help lists the flags'
         print(f'error: {message}', file=sys.stderr)
         sys.exit(1)
 
@@ -136,15 +137,16 @@ def main(argv: list[str]) -> None:
         elif _MODE.value == 'train':
             if _CONFIG.value is None:
                 raise ValueError('--config is required to train')
-            started = time.perf_counter()
+            if _EVALUATORS.value:  # a bad evaluation is refused before the training
+                assessment.evaluation_config(_CONFIG.value, _EVALUATORS.value,
+                                             evaluator_settings(), _MAX_EXAMPLES.value)
             train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-            trained = time.perf_counter() - started
-            summary = None
+            outcomes.after_training(_WORKDIR.value, evaluating=bool(_EVALUATORS.value))
             if _EVALUATORS.value:
                 summary = assessment.evaluate_run(_WORKDIR.value, _MAX_EXAMPLES.value,
                                                   _EVALUATORS.value,
                                                   evaluator_settings=evaluator_settings())
-            outcomes.after_training(_WORKDIR.value, trained, summary)
+                outcomes.after_evaluation(_WORKDIR.value, summary)
         elif _MODE.value == 'evaluate':
             if _CONFIG.value is not None:
                 raise ValueError('--mode=evaluate reads the run\'s own config.json; drop --config '

@@ -23,7 +23,15 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lclmt_jax import config_schema, data, losses, plots
+from lclmt_jax import (
+    config_schema,
+    data,
+    fields,
+    losses,
+    paths,
+    plots,
+    validation,
+)
 from lclmt_jax.evaluators import EVALUATORS, Context, Result, run_evaluator
 from lclmt_jax.restored import restore
 
@@ -70,6 +78,22 @@ def with_evaluator_settings(config: ml_collections.ConfigDict,
     return config_schema.apply_overrides(config, overrides, '--eval_setting')
 
 
+def evaluation_config(config: ml_collections.ConfigDict, names: Sequence[str],
+                      settings: Sequence[str] = (),
+                      max_examples: int | None = None) -> ml_collections.ConfigDict:
+    """``config`` with the ``NAME.FIELD=VALUE`` evaluator ``settings`` of one evaluation by the
+    evaluators ``names`` on ``max_examples`` test points (None: all), after refusing, in one
+    line and before any work, an unknown evaluator, a setting its field does not allow
+    (``--attack_examples=0``) or a count that is not a positive integer."""
+    if max_examples is not None:
+        fields.Integer().check(max_examples, '--max_examples')
+    for name in names:
+        EVALUATORS.get(name)
+    config = with_evaluator_settings(config, settings) if settings else config
+    validation.check_fields(config, under='evals')
+    return config
+
+
 def evaluate_run(workdir: str, max_examples: int | None = None,
                  evaluators: Sequence[str] | None = None, epoch: int | None = None,
                  evaluator_settings: Sequence[str] = ()) -> dict:
@@ -82,11 +106,11 @@ def evaluate_run(workdir: str, max_examples: int | None = None,
     attack covers is ``cw_l2.max_examples``).
     """
     started = time.perf_counter()
+    paths.confined(workdir, EVALUATION_DIR)  # where the files go, before any work
     restored = restore(workdir, epoch)
     config = restored.config
     names = tuple(evaluators or config.evaluators)
-    for name in names:  # unknown names fail before any work
-        EVALUATORS.get(name)
+    evaluated = evaluation_config(config, names, evaluator_settings, max_examples)
     if jax.process_index() == 0:
         print(f'evaluating the checkpoint of epoch {restored.epoch} in {workdir}: '
               f'{", ".join(names)}', flush=True)
@@ -97,8 +121,7 @@ def evaluate_run(workdir: str, max_examples: int | None = None,
     labels = restored.check_labels(dataset.test_labels[:count].astype(np.int32), len(images),
                                    f'{config.data.source} test labels')
     context = Context(restored, images, labels)
-    if evaluator_settings:
-        context.config = with_evaluator_settings(config, evaluator_settings)
+    context.config = evaluated
     results = {name: run_evaluator(name, context) for name in names}
     summary = {'workdir': os.path.abspath(workdir), 'epoch': restored.epoch,
                'label': run_label(config), 'evaluators': list(names),
@@ -131,7 +154,7 @@ def save_evaluation(workdir: str, summary: dict, results: dict[str, Result],
     ``subject`` (``plots.figure_subject``) says under the figures' titles what was evaluated."""
     if jax.process_index() != 0:
         return
-    out = os.path.join(workdir, EVALUATION_DIR)
+    out = paths.confined(workdir, EVALUATION_DIR)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, 'evaluation.json'), 'w') as f:
         json.dump(summary, f, indent=2)

@@ -56,3 +56,13 @@ def augment(images: Array, key: Array, crop_padding: int = 0, flip: bool = False
     crop_key, flip_key = jax.random.split(key)
     images = random_crop(images, crop_key, crop_padding)
     return random_flip(images, flip_key) if flip else images
+
+
+def check_fits(crop_padding: int, image_shape: tuple[int, ...]) -> None:
+    """Refuses, in one line, shifts of half the image or more: they move most of every image out
+    of the frame (a 28x28 digit shifted by up to 100 pixels is mostly zeros)."""
+    side = min(image_shape[:2])
+    if 2 * crop_padding >= side:
+        raise ValueError(f'augment.crop_padding={crop_padding} shifts the {image_shape[0]}x'
+                         f'{image_shape[1]} images by up to half their size or more; it must be '
+                         f'below {(side + 1) // 2}')

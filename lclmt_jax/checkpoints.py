@@ -41,7 +41,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lclmt_jax import console, manifest
+from lclmt_jax import console, manifest, paths, workdir_lock
 
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_SUFFIX = '.damaged'
@@ -53,6 +53,10 @@ class NoCheckpointError(FileNotFoundError):
     """A workdir holds no checkpoint that restores."""
 
 
+class CheckpointBeingWrittenError(NoCheckpointError):
+    """The newest checkpoint has no manifest yet because a live training run is writing it."""
+
+
 class CheckpointMismatchError(ValueError):
     """An intact checkpoint was saved for another config, dataset shape or parameter tree.
 
@@ -62,8 +66,9 @@ class CheckpointMismatchError(ValueError):
 
 
 def checkpoint_directory(workdir: str) -> str:
-    """``workdir/checkpoints``, absolute."""
-    return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    """``workdir/checkpoints``, absolute; a ValueError line when it is a link leading out of the
+    workdir (``paths.confined``)."""
+    return paths.confined(workdir, CHECKPOINT_DIR)
 
 
 def step_directory(root: str, epoch: int) -> str:
@@ -380,36 +385,57 @@ def _existing_root(workdir: str) -> str:
     return root
 
 
-def _checked_read(root: str, epoch: int) -> SavedModel:
+def _checked_read(root: str, epoch: int, writer: str | None) -> SavedModel:
     """The model of checkpoint ``epoch``, read only after its files match its manifest (one
-    warning when it has none); raises on any mismatch or read failure."""
+    warning when it has none); raises on any mismatch or read failure, and
+    CheckpointBeingWrittenError when it has no manifest while ``writer``, a live training run of
+    the workdir, may still be writing it."""
     directory = step_directory(root, epoch)
     verified = manifest.verify(directory)
+    if not verified and writer is not None:
+        raise CheckpointBeingWrittenError(f'checkpoint {directory} has no manifest yet: the '
+                                          f'training run of {writer} is still writing it')
     if not verified:
         _warn_unchecked(directory)
     return _read_model(directory, epoch, verified)
+
+
+def _epoch_number(epoch: Any, workdir: str, root: str) -> int:
+    """``epoch`` as a saved epoch's int; one ValueError line for another type ('2', 2.0)."""
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
+        raise ValueError(f'epoch must be an integer, one of the saved epochs of {workdir} '
+                         f'({saved_epochs(root) or "none"}), got {epoch!r}')
+    return int(epoch)
 
 
 def restore_variables(workdir: str, epoch: int | None = None) -> SavedModel:
     """The model of the newest good checkpoint in ``workdir`` (or of ``epoch``, which must read).
 
     Reads one checkpoint folder after checking it against its manifest; damaged newer ones are
-    set aside on the way (skipped where the workdir is read-only). Creates nothing. Raises
-    NoCheckpointError when there is none, with one line saying so.
+    set aside on the way (skipped where the workdir is read-only), and one that a live training
+    run of the workdir is still writing (no manifest yet) is passed over with a note. Creates
+    nothing. Raises NoCheckpointError when there is none, with one line saying so, and
+    ValueError for an ``epoch`` that is not an integer.
     """
     root = _existing_root(workdir)
+    writer = workdir_lock.live_holder(workdir)
     if epoch is not None:
+        epoch = _epoch_number(epoch, workdir, root)
         if epoch not in saved_epochs(root):
             raise NoCheckpointError(f'{workdir} has no checkpoint of epoch {epoch}; it has '
                                     f'{saved_epochs(root) or "none"}')
         try:
-            return _checked_read(root, epoch)
+            return _checked_read(root, epoch, writer)
+        except CheckpointBeingWrittenError as error:
+            raise CheckpointBeingWrittenError(f'{error}; retry once it has one') from None
         except Exception as error:  # noqa: BLE001 -- explicit choice: report, keep it
             raise NoCheckpointError(f'checkpoint of epoch {epoch} in {workdir} cannot be '
                                     f'read ({console.one_line(error, with_type=True)})') from None
     for epoch in reversed(saved_epochs(root)):
         try:
-            return _checked_read(root, epoch)
+            return _checked_read(root, epoch, writer)
+        except CheckpointBeingWrittenError as error:
+            console.say(f'note: {error}; reading the checkpoint before it', stderr=True)
         except Exception as error:  # noqa: BLE001 -- any failure to read means damage
             set_aside(root, epoch, error)
     raise NoCheckpointError(f'no checkpoint in {workdir} restores; train it first')

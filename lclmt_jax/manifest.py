@@ -5,7 +5,8 @@ checked before anything reads the checkpoint. Files only: no orbax, no JAX.
 sha256]``. :func:`verify` checks the manifest's entries to name files inside the folder before
 opening any of them, then each entry, then that no file (or link) is missing from it or leads
 outside the folder: a truncated or altered file (a full disk, an interrupted copy) or a file
-swapped for a link is found before the storage layer sees it.
+swapped for a link is found before the storage layer sees it. A checkpoint without a manifest
+is still refused when anything of it leads out of it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 from typing import Any
 
 from lclmt_jax import console
+from lclmt_jax.paths import inside
 
 MANIFEST = 'lclmt_manifest.json'
 
@@ -49,12 +51,6 @@ def write_manifest(directory: str) -> None:
     os.replace(temporary, os.path.join(directory, MANIFEST))
 
 
-def inside(directory: str, path: str) -> bool:
-    """Whether ``path``, links resolved, lies inside ``directory``."""
-    root = os.path.realpath(directory)
-    return os.path.commonpath([root, os.path.realpath(path)]) == root
-
-
 def _entry(directory: str, name: Any) -> str:
     """The path of the manifest entry ``name``: a relative path to a file inside ``directory``,
     checked before anything reads it (no ``..``, no absolute path, no link leading out)."""
@@ -72,13 +68,30 @@ def _is_record(value: Any) -> bool:
             and isinstance(value[1], str))
 
 
+def check_confined(directory: str) -> None:
+    """Raises DamagedCheckpointError when the checkpoint folder, or anything below it, is a link
+    leading out of it (or, for the folder, out of the folder holding it); opens nothing."""
+    if not inside(os.path.dirname(os.path.abspath(directory)), directory):
+        raise DamagedCheckpointError('the checkpoint folder is a link leading outside the '
+                                     'checkpoints folder')
+    for root, folders, names in os.walk(directory):
+        for name in (*folders, *names):
+            path = os.path.join(root, name)
+            if not inside(directory, path):
+                raise DamagedCheckpointError(
+                    f'{os.path.relpath(path, directory)} leads outside the checkpoint')
+
+
 def verify(directory: str) -> bool:
     """True when the files match the manifest, False when there is none to check against.
 
-    The manifest's entries are checked to name files inside ``directory`` before any of them is
-    opened; then each entry's size and SHA-256, in the manifest's order; then that no file is
-    missing from the manifest. Raises DamagedCheckpointError naming the first failure.
+    First, with or without a manifest, nothing of the checkpoint may lead out of it
+    (``check_confined``). The manifest's entries are checked to name files inside ``directory``
+    before any of them is opened; then each entry's size and SHA-256, in the manifest's order;
+    then that no file is missing from the manifest. Raises DamagedCheckpointError naming the
+    first failure.
     """
+    check_confined(directory)
     path = os.path.join(directory, MANIFEST)
     if not os.path.lexists(path):
         return False
@@ -101,12 +114,6 @@ def verify(directory: str) -> bool:
             raise DamagedCheckpointError(f'{name} has {os.path.getsize(file)} of its {size} bytes')
         if _digest(file) != digest:
             raise DamagedCheckpointError(f'{name} does not match its checksum')
-    for root, folders, names in os.walk(directory):
-        for name in (*folders, *names):
-            path = os.path.join(root, name)
-            if not inside(directory, path):
-                raise DamagedCheckpointError(
-                    f'{os.path.relpath(path, directory)} leads outside the checkpoint')
     unlisted = sorted(set(_files(directory)) - set(manifest))
     if unlisted:
         raise DamagedCheckpointError(f'{unlisted[0]} is not in the manifest')

@@ -4,13 +4,15 @@
 ``sgd``, ``adamw``, ``lion``, ...), called with ``config.optimizer_kwargs`` (e.g. SGD's
 ``momentum=0.9, nesterov=True``). A learning-rate schedule is a function
 ``(base learning rate, total steps) -> optax schedule``; adding one is a ``SCHEDULES.register``
-here.
+here. A schedule laid over the whole run (``spans_run``) fixes a workdir's ``num_epochs`` once
+trained: resuming with another length would change it mid-run (``lclmt_jax.resume``).
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import NamedTuple
 
 import ml_collections
 import optax
@@ -24,31 +26,50 @@ for _name in sorted(dir(optax)):
             and next(iter(inspect.signature(_entry).parameters), None) == 'learning_rate':
         OPTIMIZERS.register(_name, _entry)
 
-Schedule = Callable[[float, int], optax.ScalarOrSchedule]
+class Schedule(NamedTuple):
+    """A learning-rate schedule: ``make(base learning rate, total steps)``, and whether its shape
+    is laid over the run's length (``spans_run``: cosine, step, ...; not the constant one)."""
+
+    make: Callable[[float, int], optax.ScalarOrSchedule]
+    spans_run: bool = True
+
+    def __call__(self, learning_rate: float, total_steps: int) -> optax.ScalarOrSchedule:
+        return self.make(learning_rate, total_steps)
+
+
 SCHEDULES: Registry[Schedule] = Registry('schedule')
 
 
-@SCHEDULES.register('constant')
+def schedule(name: str, spans_run: bool = True) -> Callable:
+    """Registers the decorated ``(learning rate, total steps) -> schedule`` as ``name``."""
+    def add(make: Callable) -> Callable:
+        SCHEDULES.register(name, Schedule(make, spans_run))
+        return make
+
+    return add
+
+
+@schedule('constant', spans_run=False)
 def constant(learning_rate: float, total_steps: int) -> optax.ScalarOrSchedule:
     """The same learning rate throughout."""
     del total_steps
     return learning_rate
 
 
-@SCHEDULES.register('cosine')
+@schedule('cosine')
 def cosine(learning_rate: float, total_steps: int) -> optax.ScalarOrSchedule:
     """Cosine decay from the learning rate to 0 over the whole run."""
     return optax.cosine_decay_schedule(learning_rate, total_steps)
 
 
-@SCHEDULES.register('step')
+@schedule('step')
 def step(learning_rate: float, total_steps: int) -> optax.ScalarOrSchedule:
     """Multiplied by 0.1 at 50% and at 75% of the run (the WRN/SVHN reference schedule)."""
     return optax.piecewise_constant_schedule(
         learning_rate, {total_steps // 2: 0.1, (3 * total_steps) // 4: 0.1})
 
 
-@SCHEDULES.register('decay_after_half')
+@schedule('decay_after_half')
 def decay_after_half(learning_rate: float, total_steps: int) -> optax.ScalarOrSchedule:
     """Constant for the first half of the run, then an exponential decay to 1e-6 at its end
     (GloRo's schedule for its MNIST and CIFAR-10 models)."""

@@ -75,10 +75,14 @@ class RestoredModel:
         x = jnp.asarray(x)
         _check_float(x.dtype, 'logits')
         single = x.ndim == len(self.input_shape)
+        batch = x[None] if single else x
         # precision=HIGHEST on every dot and conv: no TF32/bfloat16 passes, which the float32
         # certificate's rounding bound (lclmt_jax.rounding, A2) assumes.
         with jax.default_matmul_precision('highest'):
-            logits = self.apply(self.variables, x[None] if single else x).logits
+            if batch.shape[0] == 0:  # no images, no logits: the network's, of one zero image, cut
+                return self.apply(self.variables, jnp.zeros((1, *batch.shape[1:]),
+                                                            batch.dtype)).logits[:0]
+            logits = self.apply(self.variables, batch).logits
         return logits[0] if single else logits
 
     @functools.cached_property
@@ -108,6 +112,8 @@ class RestoredModel:
             raise ValueError(f"arithmetic must be 'float32' or 'exact', got {arithmetic!r}")
         x = self.check_images(x, 'certified_radius')
         y = self.check_labels(y, len(x), 'certified_radius')
+        if not len(x):
+            return np.zeros(0)
         logits = certify.logits_float64(self.model, self.variables, x)
         allowance = None if arithmetic == 'exact' else certify.rounding_allowance(
             self.model, self.variables, x)

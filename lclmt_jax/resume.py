@@ -1,11 +1,20 @@
-"""The resume policy: which checkpoint of a workdir a training run continues from, and which
-config changes the training done there survives.
+"""The resume policy: whether a training run may start in a workdir, which checkpoint it
+continues from, and which config changes the training done there survives.
 
-A workdir binds the training fields it was trained with (``config_schema.binds_training``:
-everything but how long it trains, how often it checkpoints, where the data files are and how it
-is evaluated): another value of one is refused with one line naming it and the two ways out,
-before any work (``check_same_training``) and again against the checkpoint chosen
-(``check_resumable``), which must also fit the data's input shape and classes.
+* A workdir binds the training fields it was trained with (``config_schema.binds_training``:
+  everything but how long it trains, how often it checkpoints, where the data files are and how
+  it is evaluated): another value of one is refused with one line naming it and the two ways
+  out, before any work (``check_same_training``) and again against the checkpoint chosen
+  (``check_resumable``), which must also fit the data's input shape and classes.
+* ``num_epochs`` may change between invocations (a run is extended by rerunning it with more),
+  except under a learning-rate schedule laid over the run's length (``Schedule.spans_run``:
+  cosine, step, decay_after_half): there another length would reshape the schedule mid-run (a
+  finished 2-epoch cosine run has decayed to 0; as a 4-epoch one its learning rate would jump
+  back to half), so a length that trains more is refused with one line.
+* ``num_epochs = 0`` is accepted on a trained workdir (it reports the run) and refused on one
+  with nothing trained.
+
+``plan_start`` applies all of these before any work; ``announce`` says what the run will do.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import flax
 import ml_collections
 import numpy as np
 
-from lclmt_jax import checkpoints, config_schema, run_files
+from lclmt_jax import checkpoints, config_schema, console, optimizers, paths, run_files
 
 
 def training_differences(saved: Mapping, config: ml_collections.ConfigDict) -> list[str]:
@@ -47,7 +56,7 @@ def check_same_training(workdir: str, config: ml_collections.ConfigDict) -> None
     with the config saved in its newest checkpoint, so a deleted or edited ``config.json``
     changes nothing. Raises ``checkpoints.CheckpointMismatchError`` (a ValueError).
     """
-    path = os.path.join(workdir, run_files.CONFIG_FILE)
+    path = paths.confined(workdir, run_files.CONFIG_FILE)
     if os.path.exists(path):
         differences = training_differences(run_files.read_json(path), config)
         if differences:
@@ -72,3 +81,44 @@ def check_resumable(workdir: str, epoch: int, saved_config: Mapping, saved_run: 
     if differences:
         raise checkpoints.CheckpointMismatchError(_refusal(
             workdir, differences, f'saved in {checkpoints.CHECKPOINT_DIR}/{epoch}/config'))
+
+
+def _schedule_change(workdir: str, epoch: int, saved_config: Mapping,
+                     config: ml_collections.ConfigDict) -> str | None:
+    """The refusal of a resume at ``epoch`` that would lay a run-spanning schedule over another
+    length than the one it was trained under, or None."""
+    trained_for = saved_config.get('num_epochs')
+    if trained_for is None or trained_for == config.num_epochs or epoch >= config.num_epochs \
+            or not optimizers.SCHEDULES.get(config.schedule, 'config.schedule').spans_run:
+        return None
+    return (f'{workdir} has trained {epoch} of the {trained_for} epochs of its {config.schedule} '
+            f'learning-rate schedule; num_epochs={config.num_epochs} would stretch that schedule '
+            'mid-run (the epochs left would follow neither length): keep '
+            f'--config.num_epochs={trained_for}, or train {config.num_epochs} epochs in another '
+            '--workdir')
+
+
+def plan_start(workdir: str, config: ml_collections.ConfigDict) -> int:
+    """The epoch a training run of ``config`` in ``workdir`` resumes from (0: a new run), after
+    refusing, with one ValueError line and before any work, what cannot start there: other
+    training fields (``check_same_training``), ``num_epochs=0`` with nothing trained, and a new
+    length under a schedule laid over the run (``Schedule.spans_run``)."""
+    check_same_training(workdir, config)
+    saved = checkpoints.saved_setup(workdir)
+    epoch = saved[0] if saved else 0
+    if not epoch and config.num_epochs == 0:
+        raise ValueError(f'num_epochs=0 and {workdir} holds no trained run: there is nothing to '
+                         'train or report; set --config.num_epochs to the epochs to train')
+    refusal = saved and _schedule_change(workdir, epoch, saved[1], config)
+    if refusal:
+        raise ValueError(refusal)
+    return epoch
+
+
+def announce(workdir: str, start_epoch: int, num_epochs: int) -> None:
+    """One line when a run continues an earlier one: it resumes, or it had already finished."""
+    if start_epoch >= num_epochs and start_epoch:
+        console.say(f'{workdir} has already trained {start_epoch} of num_epochs={num_epochs} '
+                    'epochs: nothing to train', stderr=True)
+    elif start_epoch:
+        console.say(f'resuming from the checkpoint of epoch {start_epoch}', stderr=True)

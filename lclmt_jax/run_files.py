@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import jax
 import ml_collections
 
-from lclmt_jax import console
+from lclmt_jax import console, paths
 from lclmt_jax.config_schema import default_config
 
 METRICS_FILE = 'metrics.jsonl'
@@ -83,7 +83,7 @@ def rewrite_metrics(workdir: str, last_epoch: int) -> None:
     after its last checkpoint, or one that fell back) and repeated or broken lines go; of an
     epoch written twice the last record, written by the run that reached the checkpoint, stays.
     """
-    path = os.path.join(workdir, METRICS_FILE)
+    path = paths.confined(workdir, METRICS_FILE)
     if jax.process_index() != 0 or not os.path.exists(path):
         return
     last = {int(record['epoch']): record for record in _records(path, skip_broken=True)
@@ -93,7 +93,7 @@ def rewrite_metrics(workdir: str, last_epoch: int) -> None:
 
 def read_metrics(workdir: str) -> list[dict]:
     """The per-epoch records of a run, in epoch order, with today's metric names."""
-    records = _records(os.path.join(workdir, METRICS_FILE))
+    records = _records(paths.confined(workdir, METRICS_FILE))
     return [{LEGACY_METRIC_NAMES.get(name, name): value for name, value in record.items()}
             for record in records]
 
@@ -117,7 +117,7 @@ def save_json(workdir: str, name: str, value: Mapping) -> None:
     if jax.process_index() != 0:
         return
     os.makedirs(workdir, exist_ok=True)
-    _atomic_write(os.path.join(workdir, name), json.dumps(dict(value), indent=2, sort_keys=True))
+    _atomic_write(paths.confined(workdir, name), json.dumps(dict(value), indent=2, sort_keys=True))
 
 
 def config_as_dict(config: ml_collections.ConfigDict) -> dict:
@@ -140,7 +140,7 @@ def config_from_dict(saved: Mapping) -> ml_collections.ConfigDict:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run in ``workdir`` was trained with (its ``config.json``)."""
-    path = os.path.join(workdir, CONFIG_FILE)
+    path = paths.confined(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f'{path} not found: is {workdir!r} the workdir of a training run?')
     return config_from_dict(read_json(path))

@@ -12,6 +12,7 @@ and a resumed run ends where an uninterrupted one does.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -178,8 +179,9 @@ def make_refresh(trainer: Trainer, steps: int, images: np.ndarray) -> Callable:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains ``config`` in ``workdir``: metrics per epoch, checkpoints, resume if interrupted.
 
-    Everything that can be checked is checked before any work: the config, the workdir, the
-    training fields the workdir was trained with (``resume.check_same_training``), the data.
+    Everything that can be checked is checked before any work: the config, the workdir, whether
+    the run may start there (``resume.plan_start``: the training fields the workdir was trained
+    with, its length), the data and how augmentation fits it.
     Then the run holds the workdir's lock (``workdir_lock``: one run per workdir) until it ends.
     Resuming reads the newest good checkpoint (``checkpoints.restore_train_state``): a damaged
     one is set aside, an intact one saved for another config, data shape or parameter tree is
@@ -188,13 +190,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     """
     validation.validate_config(config)
     run_files.check_workdir(workdir)
-    resume.check_same_training(workdir, config)
+    resume.plan_start(workdir, config)
     dataset = data.load_dataset(config.data)
     num_train = len(dataset.train_labels)
     if num_train < config.batch_size:
         raise ValueError(f'batch_size={config.batch_size} exceeds the {num_train} train examples')
     steps_per_epoch = num_train // config.batch_size
     input_shape = dataset.train_images.shape[1:]
+    augment.check_fits(config.augment.crop_padding, input_shape)
     trainer = create_trainer(config, input_shape, dataset.num_classes, steps_per_epoch)
     config_dict = run_files.config_as_dict(config)
     run_info = {'dataset': dataset.name, 'num_classes': dataset.num_classes,
@@ -208,8 +211,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     with workdir_lock.hold(workdir), recovery.translated_failures(workdir, abstract) as progress, \
             contextlib.ExitStack() as closing:
         state, start_epoch = checkpoints.restore_train_state(workdir, trainer.state, check)
-        if start_epoch:
-            console.say(f'resuming from the checkpoint of epoch {start_epoch}', stderr=True)
+        resume.announce(workdir, start_epoch, config.num_epochs)
+        if start_epoch < config.num_epochs:
+            console.say(start_line(config, dataset, workdir, start_epoch))
         run_files.rewrite_metrics(workdir, start_epoch)
         manager = checkpoints.checkpoint_manager(workdir)
         writer = writers.create_writer(workdir, config.num_epochs)
@@ -256,6 +260,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 run_files.save_json(workdir, run_files.RUN_INFO_FILE, run_info)
             epoch += 1
     return state
+
+
+def start_line(config: ml_collections.ConfigDict, dataset: data.Dataset, workdir: str,
+               start_epoch: int) -> str:
+    """What a run is about to train, before its first epoch ends: the model, the dataset, the
+    epochs, the devices and the workdir."""
+    shape = 'x'.join(map(str, dataset.train_images.shape[1:]))
+    devices = jax.devices()
+    return (f'training {config.model} ({config.method}) on {dataset.name}: '
+            f'{len(dataset.train_labels)} train / {len(dataset.test_labels)} test images of '
+            f'{shape}, {dataset.num_classes} classes; epochs {start_epoch + 1}-{config.num_epochs}'
+            f' on {len(devices)} {devices[0].platform} device{"s" if len(devices) > 1 else ""}; '
+            f'workdir {os.path.abspath(workdir)}')
 
 
 def _quietly(close: Callable[[], None]) -> None:

@@ -30,9 +30,12 @@ def check_known_fields(config: ml_collections.ConfigDict) -> None:
         config_schema.check_field(known, key, 'the config')
 
 
-def check_fields(config: ml_collections.ConfigDict) -> None:
-    """Each field of the schema against its kind (range, type, registry name)."""
+def check_fields(config: ml_collections.ConfigDict, under: str = '') -> None:
+    """Each field of the schema (those below the section ``under``, e.g. ``'evals'``, when
+    given) against its kind (range, type, registry name)."""
     for key, field in fields.flat(config_schema.schema()).items():
+        if under and not key.startswith(f'{under}.'):
+            continue
         value = config
         for part in key.split('.'):
             value = value[part]

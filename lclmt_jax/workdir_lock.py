@@ -28,7 +28,7 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
-from lclmt_jax import console
+from lclmt_jax import console, paths
 
 LOCK_FILE = 'lock'
 
@@ -104,6 +104,15 @@ def describe(record: dict) -> str:
             f'(started {record.get("started")})')
 
 
+def live_holder(workdir: str) -> str | None:
+    """The training run that holds ``workdir``'s lock and still runs (``describe``d), or None:
+    its newest checkpoint may be between its save and its manifest."""
+    record = _read(paths.confined(workdir, LOCK_FILE))
+    if record is None or (record and is_stale(record)):
+        return None
+    return describe(record)
+
+
 def _create(path: str) -> bool:
     """Creates the lock holding this process's record; False if it exists."""
     try:
@@ -141,8 +150,8 @@ def acquire(workdir: str) -> str:
       WorkdirLockedError: naming the holder, when a live run holds it.
       OSError: when the workdir cannot be written (a read-only filesystem, no permission).
     """
+    path = paths.confined(workdir, LOCK_FILE)
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, LOCK_FILE)
     for _ in range(3):
         if _create(path):
             return path

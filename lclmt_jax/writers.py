@@ -29,6 +29,7 @@ import jax
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
+from lclmt_jax import paths
 from lclmt_jax.run_files import METRICS_FILE
 
 
@@ -173,8 +174,8 @@ def create_writer(workdir: str, num_epochs: int) -> MultiWriter:
         return MultiWriter([])
     os.makedirs(workdir, exist_ok=True)
     return MultiWriter([
-        JsonlWriter(os.path.join(workdir, METRICS_FILE)),
-        TensorBoardWriter(os.path.join(workdir, 'tensorboard')),
+        JsonlWriter(paths.confined(workdir, METRICS_FILE)),
+        TensorBoardWriter(paths.confined(workdir, 'tensorboard')),
         ConsoleWriter(num_epochs),
     ])
 

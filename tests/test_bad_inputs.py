@@ -96,9 +96,13 @@ def _bad_files(directory):
         'images of the wrong rank': (_npz(n('rank'), x_train=np.zeros((40, 64), np.uint8)),
                                      'images must be (N, H, W) or (N, H, W, C)'),
         'NaN pixels': (_npz(n('nan'), x_train=np.full((40, 8, 8), np.nan)),
-                       'float pixels must lie in [0, 1]'),
+                       '2560 pixels are NaN; float pixels must be finite'),
+        'one NaN pixel': (_npz(n('nan1'), x_train=np.where(np.arange(40 * 64) == 7, np.nan, 0.5)
+                               .reshape(40, 8, 8)), '1 pixel is NaN; float pixels must be'),
         'infinite pixels': (_npz(n('inf'), x_test=np.full((20, 8, 8), np.inf)),
-                            'float pixels must lie in [0, 1]'),
+                            '1280 pixels are infinite'),
+        'float pixels above 1': (_npz(n('above'), x_test=np.full((20, 8, 8), 2.0)),
+                                 'float pixels must lie in [0, 1], got range [2, 2]'),
         'string pixels': (_npz(n('str'), x_train=np.full((40, 8, 8), 'a')),
                           'unsupported image dtype'),
         'negative labels': (_npz(n('neg'), y_train=np.arange(40) % 10 - 1),
@@ -149,7 +153,7 @@ def _bad_files(directory):
 
 def test_every_bad_data_file_is_one_line_and_creates_no_workdir(tmp_path):
     cases = _bad_files(tmp_path)
-    assert len(cases) == 15
+    assert len(cases) == 17
     workdir = str(tmp_path / 'new')
     for name, (args, message) in cases.items():
         result = _launch('--config=experiments/mnist_lc.py', *args, f'--workdir={workdir}',
@@ -158,3 +162,36 @@ def test_every_bad_data_file_is_one_line_and_creates_no_workdir(tmp_path):
             _assert_one_line_and_untouched(result, message, workdir, {})
         except AssertionError as error:
             raise AssertionError(f'{name}: {error}') from None
+
+
+START_CASES = {
+    'nothing to train': ([EMBEDDED, '--config.num_epochs=0'],
+                         'num_epochs=0 and {workdir} holds no trained run'),
+    'shifts larger than the images': ([EMBEDDED, '--config.augment.crop_padding=100'],
+                                      'augment.crop_padding=100 shifts the 28x28 images'),
+    'an attack of no points': ([EMBEDDED, '--evaluators=certificates,cw_l2',
+                                '--attack_examples=0'],
+                               'evals.cw_l2.max_examples must be a positive integer or None, '
+                               'got 0'),
+    'an evaluation of no points': ([EMBEDDED, '--evaluators=certificates', '--max_examples=0'],
+                                   '--max_examples must be a positive integer, got 0'),
+    'no flags at all': ([], 'python launch.py --help lists the flags'),
+}
+
+
+@pytest.mark.parametrize('name', START_CASES)
+def test_a_run_that_cannot_start_is_one_line_and_creates_nothing(name, tmp_path):
+    args, message = START_CASES[name]
+    workdir = str(tmp_path / 'new')
+    result = _launch(*args, *([f'--workdir={workdir}'] if args else []))
+    _assert_one_line_and_untouched(result, message.format(workdir=workdir), workdir, {})
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--attack_examples=0', 'evals.cw_l2.max_examples must be a positive integer or None'),
+    ('--max_examples=-3', '--max_examples must be a positive integer, got -3')])
+def test_an_evaluation_that_cannot_run_is_refused_before_any_work(flag, message, finished_run):
+    before = _snapshot(finished_run)
+    result = _launch('--mode=evaluate', f'--workdir={finished_run}', flag)
+    _assert_one_line_and_untouched(result, message, finished_run, before)
+    assert 'evaluating the checkpoint' not in result.stdout

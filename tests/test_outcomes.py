@@ -25,22 +25,26 @@ def _summary(epsilons):
 
 
 def test_training_ends_with_accuracy_files_and_the_evaluate_command(trained_workdir, capsys):
-    outcomes.after_training(trained_workdir, 12.0, None)
+    outcomes.after_training(trained_workdir)
     out = capsys.readouterr().out
-    last = run_files.read_metrics(trained_workdir)[-1]
-    assert f'trained {last["epoch"]} epochs' in out
+    records = run_files.read_metrics(trained_workdir)
+    last = records[-1]
+    seconds = sum(record['epoch_seconds'] for record in records)
+    assert f'trained {last["epoch"]} epochs in {seconds:.0f} s' in out
     assert f'test accuracy {console.cell(last["test_accuracy"])}' in out
     assert f'train {console.cell(last["train_accuracy"])}' in out
     assert os.path.abspath(trained_workdir) in out and 'metrics.jsonl' in out
     assert (f'next: python launch.py --mode=evaluate --workdir='
-            f'{os.path.abspath(trained_workdir)}') in out
+            f'{os.path.abspath(trained_workdir)} --attack_examples=200') in out
 
 
 def test_an_evaluated_training_adds_its_certified_table_and_the_compare_command(
         trained_workdir, capsys):
     epsilons = run_files.load_config(trained_workdir).evaluation.epsilons
     summary = _summary(epsilons)
-    outcomes.after_training(trained_workdir, 12.0, summary)
+    outcomes.after_training(trained_workdir, evaluating=True)
+    assert 'next:' not in capsys.readouterr().out  # the evaluation's lines end with it
+    outcomes.after_evaluation(trained_workdir, summary)
     out = capsys.readouterr().out
     assert '1000 test points: clean accuracy 0.8125; sound L 3.2500' in out
     for k, eps in enumerate(epsilons):

@@ -182,9 +182,17 @@ def as_uint8_images(images: np.ndarray, what: str) -> np.ndarray:
                              f'[{images.min()}, {images.max()}]')
         return images.astype(np.uint8)
     if np.issubdtype(images.dtype, np.floating):
-        if images.size and not (np.all(np.isfinite(images)) and images.min() >= 0
-                                and images.max() <= 1):
-            raise ValueError(f'{what}: float pixels must lie in [0, 1]')
+        bad = ~np.isfinite(images)
+        if bad.any():
+            kinds = ' and '.join(name for name, found in (('NaN', np.isnan(images).any()),
+                                                          ('infinite', np.isinf(images).any()))
+                                 if found)
+            count = int(bad.sum())
+            raise ValueError(f'{what}: {count} pixel{"s are" if count > 1 else " is"} {kinds}; '
+                             'float pixels must be finite, in [0, 1]')
+        if images.size and (images.min() < 0 or images.max() > 1):
+            raise ValueError(f'{what}: float pixels must lie in [0, 1], got range '
+                             f'[{images.min():.4g}, {images.max():.4g}]')
         return np.rint(images.astype(np.float64) * 255.0).astype(np.uint8)
     raise ValueError(f'{what}: unsupported image dtype {images.dtype}')
 
