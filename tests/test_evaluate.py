@@ -8,6 +8,8 @@ import pytest
 
 from lclmt_jax import certify, evaluate, evaluators, margins
 
+pytestmark = pytest.mark.fast
+
 
 def test_evaluation_is_sound_on_a_trained_model(trained_workdir):
     results = evaluate.evaluate_run(trained_workdir, max_examples=200)

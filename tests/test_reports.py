@@ -8,6 +8,8 @@ import pytest
 
 from lclmt_jax import console, reports, run_files
 
+pytestmark = pytest.mark.fast
+
 
 def _summary(epsilons):
     """An evaluation summary as the certificates and cw_l2 evaluators write it."""
