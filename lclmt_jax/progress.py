@@ -11,14 +11,15 @@ stdout carries.
 
 A library function takes a ``progress`` callback, ``Callable[[int, int], None]`` called as
 ``progress(done, total)`` whenever ``done`` of ``total`` units are finished; ``Progress`` is such
-a callback, and ``None`` means silence (tests, library use).
+a callback, and ``None`` means silence (tests, library use). ``batches`` drives it from a
+batched loop (the certificates' float64 logits and rounding allowance, for instance).
 """
 
 from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 ProgressFn = Callable[[int, int], None]
 
@@ -84,3 +85,16 @@ class Progress:
         from lclmt_jax import console
 
         console.say(line, stderr=True)
+
+
+def batches(count: int, batch_size: int,
+            progress: ProgressFn | None = None) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of consecutive batches over ``count`` rows, calling
+    ``progress(stop, count)`` as each batch is finished (when the loop asks for the next): the
+    hook for a batched loop, e.g. ``for start, stop in batches(len(images), 1000, progress):``.
+    """
+    for start in range(0, count, batch_size):
+        stop = min(start + batch_size, count)
+        yield start, stop
+        if progress is not None:
+            progress(stop, count)

@@ -25,6 +25,10 @@ chex.set_n_cpu_devices(NUM_FAKE_DEVICES)  # before anything starts a JAX backend
 # the user's own cache; JAX keys entries by program, backend and version, so reuse is safe.
 os.environ.setdefault('LCLMT_JAX_CACHE', os.path.join(tempfile.gettempdir(),
                                                       'lclmt_jax_test_xla_cache'))
+# JAX's own variables too, so that every Python subprocess of the tests (benchmarks/gpu.sh, a
+# fresh interpreter restoring a run) reads and fills the same cache, not only launch.py.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.environ['LCLMT_JAX_CACHE'])
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.1')
 compilation_cache.enable()
 
 

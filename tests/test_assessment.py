@@ -8,6 +8,8 @@ import pytest
 
 from lclmt_jax import assessment, certify, comparison, evaluators, margins
 
+pytestmark = pytest.mark.fast
+
 
 def test_evaluation_is_sound_on_a_trained_model(trained_workdir):
     results = assessment.evaluate_run(trained_workdir, max_examples=200)

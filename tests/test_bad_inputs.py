@@ -15,6 +15,8 @@ import launching
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.fast
+
 EMBEDDED = '--config=experiments/mnist_lc.py:embedded'
 
 

@@ -10,6 +10,8 @@ import pytest
 from lclmt_jax import certify, margins
 from lclmt_jax.models.mlp import MLP
 
+pytestmark = pytest.mark.fast
+
 INPUT_SHAPE = (6, 6, 1)
 
 

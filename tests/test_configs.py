@@ -11,6 +11,8 @@ import pytest
 
 from lclmt_jax import config_schema, configs, losses, models, run_files, sweeps, validation
 
+pytestmark = pytest.mark.fast
+
 EXPERIMENTS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), '..', 'experiments',
                                             '*.py')))
 

@@ -14,6 +14,8 @@ import pytest
 from lclmt_jax import data
 from lclmt_jax.data import idx
 
+pytestmark = pytest.mark.fast
+
 HAS_MLXTEND = importlib.util.find_spec('mlxtend') is not None
 
 

@@ -10,6 +10,8 @@ import pytest
 from lclmt_jax import config_schema, configs, losses, margins
 from lclmt_jax.models import ModelOutput
 
+pytestmark = pytest.mark.fast
+
 LOGITS = jnp.array([[3.0, 1.0, 2.0, -1.0],
                     [0.0, 5.0, 5.0, 1.0],   # tie for the runner-up of class 0: first index (1)
                     [4.0, 4.0, 0.0, 0.0]])  # true class 1 ties with class 0

@@ -9,6 +9,8 @@ import pytest
 from lclmt_jax import margins
 from lclmt_jax.models import ModelOutput
 
+pytestmark = pytest.mark.fast
+
 LOGITS = jnp.array([[3.0, 1.0, 2.0, -1.0],
                     [0.0, 5.0, 5.0, 1.0],
                     [4.0, 4.0, 0.0, 0.0]])

@@ -13,6 +13,8 @@ TABLE = [['clean accuracy', 'clean_accuracy'], ['sound L', 'lipschitz_sound'],
          ['broken certificates (must be 0)', 'broken_certificates'],
          ['points attacked', 'attack_examples']]
 
+pytestmark = pytest.mark.fast
+
 
 def _summary(epsilons):
     """An evaluation summary as the certificates and cw_l2 evaluators write it."""

@@ -54,3 +54,11 @@ def test_the_attack_reports_monotone_progress_up_to_its_total():
     assert done == sorted(done) and all(d <= t for d, t in calls)
     assert calls[-1][0] == calls[-1][1] == 5 * 3  # every point, every round
     assert np.isfinite(norms).all()
+
+
+def test_batches_report_each_finished_batch():
+    calls = []
+    spans = list(progress.batches(7, 3, lambda done, total: calls.append((done, total))))
+    assert spans == [(0, 3), (3, 6), (6, 7)]
+    assert calls == [(3, 7), (6, 7), (7, 7)]
+    assert list(progress.batches(0, 3)) == []

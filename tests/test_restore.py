@@ -7,8 +7,11 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import lclmt_jax
+
+pytestmark = pytest.mark.fast
 
 
 def test_restored_logits_are_a_pure_jax_function(trained_workdir):
@@ -29,7 +32,7 @@ def test_restored_logits_are_a_pure_jax_function(trained_workdir):
     with jax.enable_x64(True):
         x64, d64 = jnp.asarray(x, jnp.float64), jnp.asarray(direction, jnp.float64)
         variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), model.variables)
-        f = lambda z: model.apply(variables, z).logits.sum()
+        f = jax.jit(lambda z: model.apply(variables, z).logits.sum())  # one compile, not per op
         finite_difference = float((f(x64 + step * d64) - f(x64 - step * d64)) / (2 * step))
     np.testing.assert_allclose(float(jnp.vdot(grad, direction)), finite_difference, rtol=2e-3)
 

@@ -4,6 +4,9 @@ import importlib.util
 import os
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.fast
 
 SCRIPT = os.path.join(os.path.dirname(__file__), '..', 'scripts', 'make_svhn_standin.py')
 

@@ -10,6 +10,8 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from lclmt_jax import writers
 
+pytestmark = pytest.mark.fast
+
 
 def test_one_record_per_epoch_in_jsonl_and_tensorboard(tmp_path, capsys):
     writer = writers.create_writer(str(tmp_path), num_epochs=2)
