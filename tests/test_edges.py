@@ -26,16 +26,18 @@ from lclmt_jax import (
 
 @pytest.fixture
 def run(trained_workdir, tmp_path):
-    """A copy of the trained run (checkpoint of epoch 3), free to be broken."""
+    """A copy of the trained run with only its last checkpoint (epoch 3), free to be broken."""
     workdir = str(tmp_path / 'run')
     shutil.copytree(trained_workdir, workdir, symlinks=True)
+    for epoch in ('1', '2'):  # the shared run keeps one per epoch (tests/conftest.py)
+        shutil.rmtree(os.path.join(workdir, 'checkpoints', epoch), ignore_errors=True)
     return workdir
 
 
 def _conftest_config(num_epochs=3):
     """The config ``trained_workdir`` was trained with (tests/conftest.py)."""
     config = configs.mnist_variant(config_schema.default_config(), 'embedded')
-    config.num_epochs = num_epochs
+    config.update(num_epochs=num_epochs, checkpoint_every_epochs=1)
     config.evals.cw_l2.update(steps=30, binary_search_steps=3, batch_size=200)
     return config
 
@@ -157,7 +159,7 @@ def test_a_checkpoint_a_live_run_is_still_writing_is_passed_over_not_blamed(run,
 @pytest.mark.parametrize('epoch', ['3', 3.0, True])
 def test_an_epoch_that_is_not_an_integer_is_one_line(trained_workdir, epoch):
     with pytest.raises(ValueError, match=rf"epoch must be an integer, one of the saved epochs of "
-                                         rf".* \(\[3\]\), got {epoch!r}"):
+                                         rf".* \(\[1, 2, 3\]\), got {epoch!r}"):
         lclmt_jax.restore(trained_workdir, epoch=epoch)
     assert lclmt_jax.restore(trained_workdir, epoch=np.int64(3)).epoch == 3
 
