@@ -56,14 +56,18 @@ def sound_bounds(model: nn.Module, variables: Any, input_shape: tuple[int, ...])
 
 
 def logits_float64(model: nn.Module, variables: Any, images: np.ndarray,
-                   batch_size: int = 1000) -> np.ndarray:
-    """Logits of float images (NHWC, [0,1]) in float64, in batches, eval mode."""
+                   batch_size: int = 1000, progress: Any = None) -> np.ndarray:
+    """Logits of float images (NHWC, [0,1]) in float64, in batches, eval mode; ``progress``
+    (``progress(done, total)``, e.g. ``lclmt_jax.progress.Progress``) after each batch."""
     with jax.enable_x64(True):
         variables64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
         apply = _compiled_logits(model)
-        chunks = [np.asarray(apply(variables64, jnp.asarray(images[i:i + batch_size],
-                                                             jnp.float64)))
-                  for i in range(0, len(images), batch_size)]
+        chunks = []
+        for start in range(0, len(images), batch_size):
+            chunks.append(np.asarray(apply(variables64, jnp.asarray(
+                images[start:start + batch_size], jnp.float64))))
+            if progress is not None:
+                progress(min(start + batch_size, len(images)), len(images))
     return np.concatenate(chunks)
 
 
@@ -88,12 +92,14 @@ def finite_rows(values: np.ndarray) -> np.ndarray:
     return np.isfinite(values.reshape(len(values), int(np.prod(values.shape[1:])))).all(axis=1)
 
 
-def rounding_allowance(model: nn.Module, variables: Any, images: np.ndarray) -> rounding.Allowance:
+def rounding_allowance(model: nn.Module, variables: Any, images: np.ndarray,
+                       progress: Any = None) -> rounding.Allowance:
     """The float32 rounding allowance of every image (``rounding``, recorded from the model's
     sound pass); raises ``rounding.NotAnalysable`` (one line) for a model with a layer that has
     no rounding step."""
     images = np.asarray(images)
-    return rounding.analyse(rounding.network(model, variables, images.shape[1:]), images)
+    return rounding.analyse(rounding.network(model, variables, images.shape[1:]), images,
+                            progress=progress)
 
 
 def certified_radii(logits: np.ndarray, labels: np.ndarray, bounds: SoundBounds,

@@ -460,3 +460,17 @@ def test_without_a_rounding_analysis_the_evaluator_reports_exact_figures_only(tr
         scalars and not any(key.startswith('certified_pairwise') for key in scalars)
     with pytest.raises(rounding.NotAnalysable, match='no float32 rounding analysis'):
         model.certified_radius(x[:2], y[:2])
+
+
+def test_the_allowance_reports_its_progress_batch_by_batch():
+    """The certificates' progress line is driven by the analysis' own batches."""
+    model, shape = _network('mlp')
+    variables = _random_variables(model, shape, 6)
+    x = np.random.default_rng(6).uniform(size=(300, *shape)).astype(np.float32)
+    calls = []
+    certify.rounding_allowance(model, variables, x, progress=lambda *done: calls.append(done))
+    assert calls == [(256, 300), (300, 300)]
+    calls.clear()
+    certify.logits_float64(model, variables, x, batch_size=128,
+                           progress=lambda *done: calls.append(done))
+    assert calls == [(128, 300), (256, 300), (300, 300)]

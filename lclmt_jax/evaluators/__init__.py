@@ -101,9 +101,10 @@ class Context:
     @functools.cached_property
     def logits64(self) -> np.ndarray:
         """Eval-mode logits in float64, as the certificates use them."""
-        from lclmt_jax import certify
+        from lclmt_jax import certify, progress
 
-        return certify.logits_float64(self.restored.model, self.restored.variables, self.images)
+        return certify.logits_float64(self.restored.model, self.restored.variables, self.images,
+                                      progress=progress.Progress('float64 logits', 'points'))
 
     @functools.cached_property
     def correct(self) -> np.ndarray:
@@ -117,11 +118,12 @@ class Context:
     def rounding(self):
         """The float32 rounding allowance of the test points (``certify.rounding_allowance``), or
         None, said in one line, for a model without a rounding analysis."""
-        from lclmt_jax import certify, console, rounding
+        from lclmt_jax import certify, console, progress, rounding
 
         try:
-            return certify.rounding_allowance(self.restored.model, self.restored.variables,
-                                              self.images)
+            return certify.rounding_allowance(
+                self.restored.model, self.restored.variables, self.images,
+                progress=progress.Progress('float32 rounding allowance', 'points'))
         except rounding.NotAnalysable as error:
             console.say(f'warning: {console.one_line(error)}; certificates are for exact '
                         'arithmetic only', stderr=True)

@@ -136,8 +136,10 @@ def network(model: Any, variables: Any, input_shape: Sequence[int]) -> Network:
     return Network(tuple(steps), head)
 
 
-def analyse(net: Network, images: np.ndarray, batch_size: int = 256) -> Allowance:
-    """The allowance of every image (NHWC, any float dtype), in batches."""
+def analyse(net: Network, images: np.ndarray, batch_size: int = 256,
+            progress: Callable[[int, int], None] | None = None) -> Allowance:
+    """The allowance of every image (NHWC, any float dtype), in batches; ``progress(done,
+    total)`` after each batch (the certificates' progress line)."""
     images = np.asarray(images)
     if not len(images):
         classes = net.head.kernel.shape[1]
@@ -157,4 +159,6 @@ def analyse(net: Network, images: np.ndarray, batch_size: int = 256) -> Allowanc
         with np.errstate(all='ignore'):
             state = walk(net.steps, State(x, np.zeros(count), error, spread, limit))
             parts.append(net.head.finish(state))
+        if progress is not None:
+            progress(min(start + batch_size, len(images)), len(images))
     return Allowance.concatenate(parts)
