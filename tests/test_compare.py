@@ -10,15 +10,16 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import chex
+import launching
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
 from lclmt_jax import comparison, config_schema, configs, plots, run_files, writers
+
+pytestmark = pytest.mark.fast
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, 'tests', 'fixtures')
@@ -181,10 +182,7 @@ def test_a_malformed_run_file_is_one_error_naming_it_and_nothing_is_created(
 def test_launch_compare_refuses_a_malformed_run_in_one_line(runs, tmp_path, damage, message):
     damage(runs[0])
     outdir = tmp_path / 'figures'
-    result = subprocess.run(
-        [sys.executable, 'launch.py', '--mode=compare', f'--workdir={outdir}',
-         f'--runs={",".join(runs)}'], cwd=REPO, capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, PYTHONPATH=REPO))
+    result = launching.launch('--mode=compare', f'--workdir={outdir}', f'--runs={",".join(runs)}')
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f'error: {runs[0]}/{message}'), lines
