@@ -1,16 +1,16 @@
 """CPL layers (``layers.cpl``): the sound bound against the dense conv matrix's SVD and
 brute-force Jacobians, the adjoint, the float32 rounding step against measured float32 errors,
-and a LipConvNet of CPL layers through the trainer and the float32 certificate."""
+and a LipConvNet of CPL layers through the float32 certificate (its training is in
+test_lipschitz_layers.py, with every family a LipConvNet takes)."""
 
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from bound_testing import conv_matrix
 
-from lclmt_jax import bounds, certify, config_schema, convolution, input_pipeline, models, train
+from lclmt_jax import bounds, certify, config_schema, convolution, models
 from lclmt_jax.layers import cpl
 from lclmt_jax.models.lipconvnet import LipConvNet
 
@@ -113,19 +113,3 @@ def test_the_float32_allowance_bounds_measured_logit_errors_of_a_cpl_network():
     sound = certify.sound_bounds(model, variables, shape)
     radii = certify.certified_radii(logits64, labels, sound, 'pairwise', allowance)
     assert np.all(radii <= certify.certified_radii(logits64, labels, sound, 'pairwise'))
-
-
-def test_a_cpl_lipconvnet_trains_through_the_trainer():
-    config = config_schema.default_config()
-    config.model, config.batch_size = 'lipconvnet', 8
-    config.lipconvnet = ml_collections.ConfigDict({'layer': 'cpl', 'width': 4, 'blocks': 2,
-                                                   'layers_per_block': 1})
-    trainer = train.create_trainer(config, (8, 8, 3), 10)
-    rng = np.random.default_rng(5)
-    images = rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, 8).astype(np.int32)
-    batch = input_pipeline.replicate(trainer.mesh, (images, labels))
-    state, totals = jax.jit(trainer.train_step)(trainer.state, *batch)
-    assert np.isfinite(float(totals.loss.compute()))
-    before, after = (jax.tree.leaves(s.params['body']) for s in (trainer.state, state))
-    assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))

@@ -21,7 +21,7 @@ from lclmt_jax import (
     models,
     train,
 )
-from lclmt_jax.layers import aol, sll
+from lclmt_jax.layers import LAYERS, aol, sll
 from lclmt_jax.layers.aol import AOLConv
 from lclmt_jax.layers.sll import SLLConv
 from lclmt_jax.models import lipconvnet
@@ -353,10 +353,16 @@ def line_search_norms(logits_fn, images, labels):
     return found
 
 
-def test_lipconvnet_trains_through_the_trainer():
+# Every family a LipConvNet can take (the registry's entries with ``same_width``): a new family
+# is trained here without a line of its own.
+CONV_FAMILIES = [name for name in LAYERS.names() if hasattr(LAYERS.get(name), 'same_width')]
+
+
+@pytest.mark.parametrize('layer', CONV_FAMILIES)
+def test_lipconvnet_trains_through_the_trainer(layer):
     config = config_schema.default_config()
     config.model, config.batch_size = 'lipconvnet', 8
-    config.lipconvnet = ml_collections.ConfigDict({'layer': 'sll', **TINY})
+    config.lipconvnet = ml_collections.ConfigDict({'layer': layer, **TINY})
     trainer = train.create_trainer(config, (8, 8, 3), 10)
     rng = np.random.default_rng(13)
     images = rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
@@ -368,6 +374,7 @@ def test_lipconvnet_trains_through_the_trainer():
     assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
 
     # The usable families are the registry's entries with ``same_width``, not a list.
+    assert CONV_FAMILIES == ['aol', 'cpl', 'sll']
     for name in ('nonexistent', 'dense'):
         config.lipconvnet.layer = name
         with pytest.raises(ValueError, match=f"unknown lipconvnet.layer '{name}'; allowed: "
