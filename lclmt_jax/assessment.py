@@ -31,6 +31,7 @@ from lclmt_jax import (
     paths,
     plots,
     validation,
+    writers,
 )
 from lclmt_jax.evaluators import EVALUATORS, Context, Result, run_evaluator
 from lclmt_jax.restored import restore
@@ -156,8 +157,7 @@ def save_evaluation(workdir: str, summary: dict, results: dict[str, Result],
         return
     out = paths.confined(workdir, EVALUATION_DIR)
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, 'evaluation.json'), 'w') as f:
-        json.dump(summary, f, indent=2)
+    writers.write_json(os.path.join(out, 'evaluation.json'), summary)  # standard JSON: no NaN
     per_example = {name: values for result in results.values()
                    for name, values in result.per_example.items()}
     if per_example:

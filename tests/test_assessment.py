@@ -79,3 +79,14 @@ def test_compare_tabulates_every_evaluator_scalar_and_overlays_curves(trained_wo
     for name in ('fig1a_margins.png', 'fig1b_loss.png', 'fig2_attack.png',
                  'fig2_certified_pairwise.png', 'comparison.csv', 'comparison.md'):
         assert os.path.getsize(tmp_path / name) > 0
+
+
+def test_evaluation_json_is_standard_json(tmp_path):
+    """A figure that is not finite (a median attack norm where no attack succeeded) is null."""
+    assessment.save_evaluation(str(tmp_path), {'median_attack_norm': float('inf'), 'n': 1.5}, {},
+                               (0.1,))
+    with open(tmp_path / 'evaluation' / 'evaluation.json') as f:
+        text = f.read()
+    def refuse(name):
+        raise ValueError(name)
+    assert json.loads(text, parse_constant=refuse) == {'median_attack_norm': None, 'n': 1.5}

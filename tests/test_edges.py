@@ -31,6 +31,8 @@ def run(trained_workdir, tmp_path):
     shutil.copytree(trained_workdir, workdir, symlinks=True)
     for epoch in ('1', '2'):  # the shared run keeps one per epoch (tests/conftest.py)
         shutil.rmtree(os.path.join(workdir, 'checkpoints', epoch), ignore_errors=True)
+    # and other tests on this worker may have evaluated it
+    shutil.rmtree(os.path.join(workdir, 'evaluation'), ignore_errors=True)
     return workdir
 
 
