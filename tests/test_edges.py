@@ -23,12 +23,16 @@ from lclmt_jax import (
     workdir_lock,
 )
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.fixture
-def run(trained_workdir, tmp_path):
-    """A copy of the trained run (checkpoint of epoch 3), free to be broken."""
-    workdir = str(tmp_path / 'run')
-    shutil.copytree(trained_workdir, workdir, symlinks=True)
+def run(trained_run_copy):
+    """A copy of the trained run with its checkpoint of epoch 3 only, free to be broken."""
+    workdir = trained_run_copy()
+    for epoch in (1, 2):
+        shutil.rmtree(checkpoints.step_directory(checkpoints.checkpoint_directory(workdir),
+                                                 epoch))
     return workdir
 
 
@@ -157,7 +161,7 @@ def test_a_checkpoint_a_live_run_is_still_writing_is_passed_over_not_blamed(run,
 @pytest.mark.parametrize('epoch', ['3', 3.0, True])
 def test_an_epoch_that_is_not_an_integer_is_one_line(trained_workdir, epoch):
     with pytest.raises(ValueError, match=rf"epoch must be an integer, one of the saved epochs of "
-                                         rf".* \(\[3\]\), got {epoch!r}"):
+                                         rf".* \(\[1, 2, 3\]\), got {epoch!r}"):
         lclmt_jax.restore(trained_workdir, epoch=epoch)
     assert lclmt_jax.restore(trained_workdir, epoch=np.int64(3)).epoch == 3
 
