@@ -75,6 +75,14 @@ def schema() -> Schema:
             'data_dir': _unbound('', Text()),  # TFDS data_dir; '' means TFDS's default
             # device (dataset on device) | host (process-local batches) | auto
             'pipeline': _unbound('auto', Name('lclmt_jax.input_pipeline:PIPELINES')),
+            # Extra training images mixed into every batch (lclmt_jax.data.extra): a source and
+            # path as above whose train split fills the fraction `share` of each batch (the
+            # references' 768 generated + 256 real). share 0 or no source: off.
+            'extra': {
+                'source': Field('', Name('lclmt_jax.data:SOURCES', empty_ok=True)),
+                'path': _unbound('', Text()),  # npy: directory; npz: file
+                'share': Field(0.0, Number(below=1.0)),
+            },
         },
         # Augmentation in the train step (lclmt_jax.augment), drawn from (seed, step). Off:
         # digits must not be flipped; natural images (CIFAR-10) turn on both.

@@ -25,22 +25,25 @@ def _is_number(value: Any) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Number:
-    """A finite int or float (not a bool) >= ``minimum`` (> when ``strict``); None too when
-    ``optional``."""
+    """A finite int or float (not a bool) >= ``minimum`` (> when ``strict``) and < ``below``
+    when given; None too when ``optional``."""
 
     minimum: float = 0.0
     strict: bool = False
     optional: bool = False
+    below: float | None = None
     placeholder = float
 
     def check(self, value: Any, name: str) -> None:
         if value is None and self.optional:
             return
         if not _is_number(value) or not math.isfinite(value) or value < self.minimum or (
-                self.strict and value == self.minimum):
+                self.strict and value == self.minimum) or (
+                self.below is not None and value >= self.below):
             relation = '>' if self.strict else '>='
-            raise ValueError(f'{name} must be a finite number {relation} {self.minimum:g}, got '
-                             f'{value!r}')
+            upper = '' if self.below is None else f' and < {self.below:g}'
+            raise ValueError(f'{name} must be a finite number {relation} {self.minimum:g}'
+                             f'{upper}, got {value!r}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,13 +90,17 @@ def _registry(path: str) -> Any:
 class Name:
     """A name of the registry at ``registry`` (``'lclmt_jax.losses:METHODS'``, imported when
     checked; a registry or a tuple of names), so the allowed values in an error are always those
-    that exist; ``many``: a tuple of such names, each reported as ``what``."""
+    that exist; ``many``: a tuple of such names, each reported as ``what``; ``empty_ok``: ``''``
+    too, meaning none (an optional section's switch, e.g. ``data.extra.source``)."""
 
     registry: str
     many: bool = False
     what: str = ''
+    empty_ok: bool = False
 
     def check(self, value: Any, name: str) -> None:
+        if self.empty_ok and value == '':
+            return
         registry = _registry(self.registry)
         if not self.many:
             _look_up(registry, value, f'config.{name}')

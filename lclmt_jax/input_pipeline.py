@@ -14,7 +14,9 @@ the test set, and follow the same global batch order, so they train alike:
   global batch sharded over the ``data`` mesh axis. For several processes and large datasets.
 
 The example order of epoch e is a permutation drawn from (seed, e) alone: identical on every
-process and device count, and reproducible on resume.
+process and device count, and reproducible on resume. Extra training data
+(``config.data.extra``, ``lclmt_jax.data.extra``) joins every batch through the host pipeline,
+its rows the epoch's slice of a stream of permutations drawn from the seed (``extra_order``).
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ from jax.sharding import PartitionSpec as P
 
 from lclmt_jax import divergence
 from lclmt_jax.data import Dataset
+from lclmt_jax.data.extra import ExtraData
 from lclmt_jax.metrics import EvalMetrics
 
 PIPELINES = ('auto', 'device', 'host')
 DEVICE_PIPELINE_MAX_BYTES = 2 << 30  # datasets up to 2 GiB stay on the device
 DATA_AXIS = 'data'
+EXTRA_STREAM_TAG = 0x657874  # 'ext': folded into the seed's key for the extra set's passes
 
 TrainStep = Callable[[Any, jax.Array, jax.Array], tuple[Any, Any]]
 EvalStep = Callable[[Any, jax.Array, jax.Array, jax.Array], Any]
@@ -64,10 +68,35 @@ def epoch_key(seed: int, epoch: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), epoch)
 
 
+def _host_permutation(key: jax.Array, num_examples: int) -> np.ndarray:
+    with jax.default_device(jax.local_devices(backend='cpu')[0]):
+        return np.asarray(jax.random.permutation(key, num_examples))
+
+
 def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     """The example order of an epoch on the host; equal to the on-device permutation."""
-    with jax.default_device(jax.local_devices(backend='cpu')[0]):
-        return np.asarray(jax.random.permutation(epoch_key(seed, epoch), num_examples))
+    return _host_permutation(epoch_key(seed, epoch), num_examples)
+
+
+def extra_pass_order(seed: int, index: int, num_extra: int) -> np.ndarray:
+    """Pass ``index`` of the extra set's stream: a permutation drawn from a key folded from the
+    seed, ``EXTRA_STREAM_TAG`` and ``index``, apart from every epoch's key."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), EXTRA_STREAM_TAG), index)
+    return _host_permutation(key, num_extra)
+
+
+def extra_order(seed: int, epoch: int, num_extra: int, rows_per_epoch: int) -> np.ndarray:
+    """The extra rows epoch ``epoch`` (counted from 1) trains on, in order: the slice
+    ``[(epoch - 1)·n, epoch·n)`` of the stream of passes ``extra_pass_order(seed, 0), (seed, 1),
+    ...`` over the extra set, n = ``rows_per_epoch``. A function of (seed, epoch) alone, so a
+    run resumed at any epoch sees the rows an uninterrupted one does; every extra image is seen
+    once per pass, whatever the epoch boundaries."""
+    start = (epoch - 1) * rows_per_epoch
+    first, last = start // num_extra, -(-(start + rows_per_epoch) // num_extra)
+    stream = np.concatenate([extra_pass_order(seed, index, num_extra)
+                             for index in range(first, last)])
+    offset = start - first * num_extra
+    return stream[offset:offset + rows_per_epoch]
 
 
 def choose_pipeline(requested: str, dataset_bytes: int, has_convolutions: bool = False) -> str:
@@ -86,17 +115,56 @@ def choose_pipeline(requested: str, dataset_bytes: int, has_convolutions: bool =
     return 'host'
 
 
+class BatchPart(NamedTuple):
+    """One source of every global batch's rows: step k takes ``per_batch`` rows,
+    ``images[order[k·n:(k+1)·n]]`` with n = ``per_batch`` (and their labels)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    order: np.ndarray
+    per_batch: int
+
+
+def gather_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]``; from a memory map, read in ascending row order (sequential pages for
+    the operating system to read ahead) and put back in the order asked."""
+    if not isinstance(array, np.memmap):
+        return array[rows]
+    ascending = np.argsort(rows, kind='stable')
+    gathered = np.empty((len(rows), *array.shape[1:]), array.dtype)
+    gathered[ascending] = array[rows[ascending]]
+    return gathered
+
+
+def local_batches(parts: list[BatchPart],
+                  steps: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """This process's rows of the ``steps`` global batches, each the parts' rows one after the
+    other (real rows, then extra ones).
+
+    Devices are ordered by process in the mesh, so process p owns rows [p·B/P, (p+1)·B/P) of
+    the global batch of B rows, whichever parts they come from: the global batch is the same
+    on any number of processes and devices.
+    """
+    local = sum(part.per_batch for part in parts) // jax.process_count()
+    low = jax.process_index() * local
+    for step in range(steps):
+        pieces, start = [], 0
+        for part in parts:
+            first, last = max(low - start, 0), min(low + local - start, part.per_batch)
+            if first < last:
+                rows = part.order[step * part.per_batch + first:step * part.per_batch + last]
+                pieces.append((gather_rows(part.images, rows), part.labels[rows]))
+            start += part.per_batch
+        yield tuple(arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+                    for arrays in zip(*pieces, strict=True))
+
+
 def process_local_batches(images: np.ndarray, labels: np.ndarray, order: np.ndarray,
                           global_batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """This process's rows of each global batch ``order[k·B:(k+1)·B]``; last partial batch dropped.
-
-    Devices are ordered by process in the mesh, so process p owns rows [p·B/P, (p+1)·B/P).
-    """
-    local = global_batch // jax.process_count()
-    offset = jax.process_index() * local
-    for start in range(0, len(order) - global_batch + 1, global_batch):
-        rows = order[start + offset:start + offset + local]
-        yield images[rows], labels[rows]
+    """This process's rows of each global batch ``order[k·B:(k+1)·B]``; last partial batch dropped
+    (``local_batches`` of one part)."""
+    return local_batches([BatchPart(images, labels, order, global_batch)],
+                         len(order) // global_batch)
 
 
 def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
@@ -184,18 +252,18 @@ def accumulating_step(train_step: TrainStep, mesh: jax.sharding.Mesh) -> Callabl
     return jax.jit(step_and_accumulate, out_shardings=replicated(mesh), donate_argnums=(0, 1))
 
 
-def host_train_epoch(train_step: TrainStep, mesh: jax.sharding.Mesh,
-                     batch_size: int) -> Callable:
-    """``train_epoch(state, images, labels, order) -> (state, TrainReport)`` from host arrays.
+def host_train_epoch(train_step: TrainStep, mesh: jax.sharding.Mesh) -> Callable:
+    """``train_epoch(state, batches) -> (state, TrainReport)`` from host arrays: ``batches``
+    yields this process's rows of each global batch (``local_batches``).
 
     Each step is one jitted call (``accumulating_step``) on a prefetched global batch that every
     process assembles from its own rows.
     """
     step = accumulating_step(train_step, mesh)
 
-    def train_epoch(state, images, labels, order):
+    def train_epoch(state, batches):
         totals = jax.device_put(divergence.TrainReport.empty(), replicated(mesh))
-        for local in prefetch(process_local_batches(images, labels, order, batch_size)):
+        for local in prefetch(batches):
             state, totals = step(state, totals, *to_global_batch(mesh, local))
         return state, totals
 
@@ -250,14 +318,42 @@ class Pipeline(NamedTuple):
     kind: str
 
 
+def train_batches(config: ml_collections.ConfigDict, dataset: Dataset,
+                  extra: ExtraData | None = None) -> Callable[[int], Iterator]:
+    """``batches(epoch)``: this process's rows of the epoch's global batches on the host.
+
+    ``num_train // batch_size`` steps, each ``epoch_order``'s next real rows; with ``extra``,
+    ``batch_size − extra.per_batch`` of them followed by ``extra.per_batch`` rows of
+    ``extra_order``. Without, exactly the batches of a run that never heard of extra data.
+    """
+    num_train, batch_size = len(dataset.train_labels), config.batch_size
+    if extra is None:
+        return lambda epoch: process_local_batches(
+            dataset.train_images, dataset.train_labels,
+            epoch_order(config.seed, epoch, num_train), batch_size)
+    steps, real = num_train // batch_size, batch_size - extra.per_batch
+
+    def batches(epoch: int) -> Iterator:
+        extra_rows = extra_order(config.seed, epoch, len(extra.labels), steps * extra.per_batch)
+        yield from local_batches([
+            BatchPart(dataset.train_images, dataset.train_labels,
+                      epoch_order(config.seed, epoch, num_train), real),
+            BatchPart(extra.images, extra.labels, extra_rows, extra.per_batch)], steps)
+
+    return batches
+
+
 def make_pipeline(config: ml_collections.ConfigDict, dataset: Dataset, mesh: jax.sharding.Mesh,
-                  train_step: TrainStep, eval_step: EvalStep, convolves: bool) -> Pipeline:
+                  train_step: TrainStep, eval_step: EvalStep, convolves: bool,
+                  extra: ExtraData | None = None) -> Pipeline:
     """The configured pipeline (``config.data.pipeline``; ``auto`` weighs the dataset's size and
-    whether the network ``convolves``) over ``dataset``'s train and test splits."""
+    whether the network ``convolves``) over ``dataset``'s train and test splits; ``host``
+    whenever ``extra`` training data (``lclmt_jax.data.extra``) joins every batch."""
     num_train = len(dataset.train_labels)
     test = pad_to_multiple(dataset.test_images, dataset.test_labels, config.eval_batch_size)
     dataset_bytes = dataset.train_images.nbytes + test[0].nbytes
-    kind = choose_pipeline(config.data.pipeline, dataset_bytes, convolves)
+    kind = 'host' if extra is not None else choose_pipeline(config.data.pipeline, dataset_bytes,
+                                                            convolves)
     if kind == 'device':
         train_arrays = replicate(mesh, (dataset.train_images, dataset.train_labels))
         test = replicate(mesh, test)
@@ -266,8 +362,7 @@ def make_pipeline(config: ml_collections.ConfigDict, dataset: Dataset, mesh: jax
         return Pipeline(lambda state, index: epoch(state, *train_arrays,
                                                    epoch_key(config.seed, index)),
                         lambda state: evaluate(state, *test), kind)
-    epoch = host_train_epoch(train_step, mesh, config.batch_size)
+    epoch, batches = host_train_epoch(train_step, mesh), train_batches(config, dataset, extra)
     evaluate = host_evaluate(eval_step, mesh, config.eval_batch_size)
-    return Pipeline(lambda state, index: epoch(state, dataset.train_images, dataset.train_labels,
-                                               epoch_order(config.seed, index, num_train)),
+    return Pipeline(lambda state, index: epoch(state, batches(index)),
                     lambda state: evaluate(state, *test), kind)

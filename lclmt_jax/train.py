@@ -44,6 +44,7 @@ from lclmt_jax import (
     workdir_lock,
     writers,
 )
+from lclmt_jax.data import extra as extra_data
 from lclmt_jax.recovery import NonFiniteLossError, TrainingInterrupted
 
 Array = jax.Array
@@ -192,6 +193,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     run_files.check_workdir(workdir)
     resume.plan_start(workdir, config)
     dataset = data.load_dataset(config.data)
+    extra = extra_data.load(config)
+    if extra is not None:
+        extra_data.check_fits(extra, dataset)
     num_train = len(dataset.train_labels)
     if num_train < config.batch_size:
         raise ValueError(f'batch_size={config.batch_size} exceeds the {num_train} train examples')
@@ -202,6 +206,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     config_dict = run_files.config_as_dict(config)
     run_info = {'dataset': dataset.name, 'num_classes': dataset.num_classes,
                 'input_shape': list(input_shape)}
+    if extra is not None:
+        run_info['extra'] = {'dataset': extra.name, 'examples': len(extra.labels),
+                             'per_batch': extra.per_batch}
 
     def check(epoch, saved_config, saved_run):
         resume.check_resumable(workdir, epoch, saved_config, saved_run, config, run_info)
@@ -213,7 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         state, start_epoch = checkpoints.restore_train_state(workdir, trainer.state, check)
         resume.announce(workdir, start_epoch, config.num_epochs)
         if start_epoch < config.num_epochs:
-            console.say(start_line(config, dataset, workdir, start_epoch))
+            console.say(start_line(config, dataset, workdir, start_epoch, extra))
         run_files.rewrite_metrics(workdir, start_epoch)
         manager = checkpoints.checkpoint_manager(workdir)
         writer = writers.create_writer(workdir, config.num_epochs)
@@ -222,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         report_progress = writers.create_progress(writer)
         convolves = any(leaf.ndim == 4 for leaf in jax.tree.leaves(state.params))
         pipeline = input_pipeline.make_pipeline(config, dataset, trainer.mesh, trainer.train_step,
-                                                trainer.eval_step, convolves)
+                                                trainer.eval_step, convolves, extra)
         refresh = make_refresh(trainer, config.bound.reconverge_steps,
                                dataset.train_images[:config.batch_size])
         guard = recovery.NonFiniteGuard(workdir, start_epoch, abstract, check)
@@ -263,14 +270,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 
 def start_line(config: ml_collections.ConfigDict, dataset: data.Dataset, workdir: str,
-               start_epoch: int) -> str:
-    """What a run is about to train, before its first epoch ends: the model, the dataset, the
-    epochs, the devices and the workdir."""
+               start_epoch: int, extra: extra_data.ExtraData | None = None) -> str:
+    """What a run is about to train, before its first epoch ends: the model, the dataset (and
+    the extra training data), the epochs, the devices and the workdir."""
     shape = 'x'.join(map(str, dataset.train_images.shape[1:]))
     devices = jax.devices()
+    mixed = '' if extra is None else (
+        f'; every batch {config.batch_size - extra.per_batch} real + {extra.per_batch} extra '
+        f'from {len(extra.labels)} images of {extra.name}')
     return (f'training {config.model} ({config.method}) on {dataset.name}: '
             f'{len(dataset.train_labels)} train / {len(dataset.test_labels)} test images of '
-            f'{shape}, {dataset.num_classes} classes; epochs {start_epoch + 1}-{config.num_epochs}'
+            f'{shape}, {dataset.num_classes} classes{mixed}; epochs {start_epoch + 1}-'
+            f'{config.num_epochs}'
             f' on {len(devices)} {devices[0].platform} device{"s" if len(devices) > 1 else ""}; '
             f'workdir {os.path.abspath(workdir)}')
 

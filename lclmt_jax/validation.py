@@ -5,7 +5,7 @@ declaration gives (``lclmt_jax.fields``), names against the registries that defi
 the allowed values listed in an error are always the ones that exist; a field the schema does not
 know (a typo in an experiment file) is refused with the closest known name. What one field alone
 cannot say is checked after: the model's settings, the optimizer's arguments, batch sizes against
-the device count, the data source's files.
+the device count, the data source's files, the extra training data's (``config.data.extra``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import jax
 import ml_collections
 
 from lclmt_jax import config_schema, data, fields, models, optimizers
+from lclmt_jax.data import extra
 
 
 def check_known_fields(config: ml_collections.ConfigDict) -> None:
@@ -66,3 +67,4 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
             raise ValueError(
                 f'{field}={config[field]} is not divisible by the device count {num_devices}')
     data.validate_data_config(config.data)
+    extra.validate(config)

@@ -274,7 +274,7 @@ def test_tfds_config_checks():
 
 
 def test_unknown_source_names_it_and_lists_allowed():
-    with pytest.raises(ValueError, match="'csv'.*allowed: embedded, idx, npz, tfds"):
+    with pytest.raises(ValueError, match="'csv'.*allowed: embedded, idx, npy, npz, tfds"):
         data.validate_data_config(make_config('csv'))
     with pytest.raises(ValueError, match="'csv'"):
         data.load_dataset(make_config('csv'))

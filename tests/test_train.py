@@ -145,7 +145,7 @@ def test_bad_config_is_one_clear_line_before_any_work(tmp_path, overrides, messa
 
 
 @pytest.mark.parametrize('data_overrides, message', [
-    ({'source': 'ftp'}, "unknown config.data.source 'ftp'; allowed: embedded, idx, npz, tfds"),
+    ({'source': 'ftp'}, "unknown config.data.source 'ftp'; allowed: embedded, idx, npy, npz, tfds"),
     ({'source': 'idx', 'path': '/nonexistent/mnist'}, '/nonexistent/mnist'),
 ])
 def test_bad_data_is_one_clear_line(tmp_path, data_overrides, message):

