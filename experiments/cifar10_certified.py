@@ -24,6 +24,19 @@ are not mirror-symmetric, and no crops), shortened for a 2-core CPU:
   python launch.py --config=experiments/cifar10_certified.py:standin,short \
       --workdir=runs/standin_liresnet --config.data.path=runs/svhn_standin.npz \
       --evaluators=certificates,cw_l2 --attack_examples=200
+Extra training data mixed into every batch (``--config.data.extra``, lclmt_jax/data/extra.py; the
+references' 256 real + 768 generated images a step): ``.source`` and ``.path`` name the set
+(``npy``: a directory of .npy files read as memory maps, for sets larger than memory; ``npz``),
+``.share`` the fraction of each batch it fills (0, the default: off). An epoch keeps its steps
+(the real train set // batch_size), so it draws batch_size·(1 − share) real rows a step. On the
+stand-in, extra images made from its own training digits (docs/CERTIFIED.md, "Extra training
+data"):
+  python scripts/make_svhn_standin.py --mnist=../shared/data/mnist --out=runs/svhn_standin.npz \
+      --extra=60000 --extra_out=runs/svhn_standin_extra
+  python launch.py --config=experiments/cifar10_certified.py:standin,short \
+      --workdir=runs/standin_liresnet_extra --config.data.path=runs/svhn_standin.npz \
+      --config.data.extra.source=npy --config.data.extra.path=runs/svhn_standin_extra \
+      --config.data.extra.share=0.75 --evaluators=certificates,cw_l2 --attack_examples=200
 Variants (parts joined by commas): ``6c2f`` (GloRo's CNN instead of the LiResNet), ``aol`` and
 ``sll`` (``models/lipconvnet.py``: a ConvNet of AOL or SLL convs, 1-Lipschitz by construction up
 to its head, in the style of "1-Lipschitz Layers Compared"), ``standin`` (the npz stand-in at
