@@ -63,9 +63,9 @@ def validate(config: Any) -> None:
     """Refuses, one line each and reading no data, a share with no source, a batch the share
     does not split into whole parts, the ``device`` pipeline, and the source's own complaints
     (a missing file), named as ``config.data.extra`` fields."""
-    extra = config.data.extra
-    if extra.share == 0:
+    if not enabled(config.data):  # share 0, or a config from before the section existed
         return
+    extra = config.data.extra
     if not extra.source:
         raise ValueError(f'{FIELD}.share={extra.share} but {FIELD}.source is empty; name the '
                          f'extra set ({FIELD}.source and .path, e.g. npy and a directory) or set '
