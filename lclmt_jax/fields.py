@@ -25,22 +25,24 @@ def _is_number(value: Any) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Number:
-    """A finite int or float (not a bool) >= ``minimum`` (> when ``strict``); None too when
-    ``optional``."""
+    """A finite int or float (not a bool) >= ``minimum`` (> when ``strict``) and <=
+    ``maximum``; None too when ``optional``."""
 
     minimum: float = 0.0
     strict: bool = False
     optional: bool = False
+    maximum: float = math.inf
     placeholder = float
 
     def check(self, value: Any, name: str) -> None:
         if value is None and self.optional:
             return
         if not _is_number(value) or not math.isfinite(value) or value < self.minimum or (
-                self.strict and value == self.minimum):
+                self.strict and value == self.minimum) or value > self.maximum:
             relation = '>' if self.strict else '>='
-            raise ValueError(f'{name} must be a finite number {relation} {self.minimum:g}, got '
-                             f'{value!r}')
+            most = f' and <= {self.maximum:g}' if math.isfinite(self.maximum) else ''
+            raise ValueError(f'{name} must be a finite number {relation} {self.minimum:g}{most}, '
+                             f'got {value!r}')
 
 
 @dataclasses.dataclass(frozen=True)
