@@ -9,9 +9,7 @@ import optax
 import pytest
 from flax.training import train_state
 
-from lclmt_jax import config_schema, optimizers, validation
-
-pytestmark = pytest.mark.fast
+from lclmt_jax import config_schema, configs, optimizers, run_files, train, validation
 
 PARAMS = {'w': jnp.array([[1.0, -2.0], [0.5, 3.0]]), 'b': jnp.array([0.1, -0.3])}
 
@@ -30,12 +28,14 @@ def _run(tx, params, steps):
     return state
 
 
+@pytest.mark.fast
 def test_nadam_is_reachable_by_name_and_is_optax_nadam():
     assert {'nadam', 'nadamw', 'adam', 'sgd'} <= set(optimizers.OPTIMIZERS.names())
     ours = _run(optimizers.OPTIMIZERS.get('nadam')(1e-2), PARAMS, 5).params
     chex.assert_trees_all_close(ours, _run(optax.nadam(1e-2), PARAMS, 5).params)
 
 
+@pytest.mark.fast
 def test_lookahead_follows_optax_lookahead_on_plain_parameters():
     """Without the epoch-end sync, the held parameters are optax.lookahead's fast ones and the
     state's slow weights its slow ones, step for step (syncs at steps 3, 6, 9)."""
@@ -56,6 +56,7 @@ def test_lookahead_follows_optax_lookahead_on_plain_parameters():
         assert all(jax.tree.leaves(synced)) == (step % 3 == 0), step
 
 
+@pytest.mark.fast
 def test_the_weights_held_at_each_epoch_end_are_the_slow_weights_exactly():
     """With 7 steps an epoch and a sync every 3, every epoch's last step syncs too (timm's
     ``sync_lookahead``, as LiResNet and BRONet call it): the trainer's parameters there, which
@@ -80,6 +81,7 @@ def test_the_weights_held_at_each_epoch_end_are_the_slow_weights_exactly():
     chex.assert_trees_all_equal(_run(plain, PARAMS, 4).params, _run(expected, PARAMS, 4).params)
 
 
+@pytest.mark.fast
 def test_the_learning_rate_warms_up_linearly_then_follows_the_schedule():
     """20 of 100 steps of warm-up (LiResNet: 20 of 800 epochs), then a cosine from the full rate
     at step 20 to 0 at the run's end; with none, the schedule as before."""
@@ -100,6 +102,7 @@ def test_the_learning_rate_warms_up_linearly_then_follows_the_schedule():
     assert float(cosine(50)) == float(optax.cosine_decay_schedule(1e-3, 100)(50))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize('field, value, message', [
     ('lookahead.slow_step_size', 1.5, 'lookahead.slow_step_size must be a finite number > 0 and '
                                       '<= 1, got 1.5'),
@@ -113,3 +116,25 @@ def test_bad_lookahead_and_warmup_settings_are_one_line(field, value, message):
     with pytest.raises(ValueError, match=message):
         validation.validate_config(config_schema.apply_overrides(config, {field: value}),
                                    num_devices=1)
+
+
+def test_a_reference_style_run_trains_and_resumes_with_lookahead(tmp_path):
+    """LA, NAdam in Lookahead, warm-up, the 0.1x radius start, 10 power iterations and colour
+    ops on embedded MNIST: the loss falls, the held parameters are the slow weights at every
+    saved epoch, and a resumed run continues Lookahead's count."""
+    config = configs.mnist_variant(config_schema.default_config(), 'embedded')
+    config.update(num_epochs=2, checkpoint_every_epochs=1, method='la', optimizer='nadam',
+                  learning_rate_warmup_epochs=0.5, epsilon=0.5, epsilon_warmup_epochs=1.0,
+                  epsilon_start_fraction=0.1, grad_clip_norm=3.0)
+    config.lookahead.sync_period = 6
+    config.augment.colour_ops = 2
+    config.bound.power_iterations = 10
+    for epochs in (2, 3):
+        config.num_epochs = epochs
+        state = train.train_and_evaluate(config, str(tmp_path))
+        chex.assert_trees_all_equal(state.params, state.opt_state.slow)
+        assert int(state.opt_state.count) == int(state.step) == epochs * 40  # 4000 / 100
+    records = run_files.read_metrics(str(tmp_path))
+    assert [r['epoch'] for r in records] == [1, 2, 3]
+    assert records[-1]['train_loss'] < 0.7 * records[0]['train_loss']
+    assert records[-1]['test_accuracy'] > 0.7
