@@ -43,53 +43,33 @@ to its head, in the style of "1-Lipschitz Layers Compared"), ``standin`` (the np
 ``--config.data.path``), ``short`` (the CPU schedule: a narrower, shallower LiResNet, 16 epochs,
 batch 64). Results, timings and the design runs behind these choices (crops, EMMA, batch size,
 the AOL variant): docs/CERTIFIED.md.
+Variants (parts joined by commas): ``6c2f`` (GloRo's CNN instead of the LiResNet), ``aol``,
+``sll`` and ``cpl`` (``models/lipconvnet.py``: a ConvNet of AOL, SLL or CPL convs, 1-Lipschitz by
+construction up to its head, in the style of "1-Lipschitz Layers Compared"), ``standin`` (the
+npz stand-in at ``--config.data.path``), ``short`` (the CPU schedule: a narrower, shallower
+LiResNet, 16 epochs, batch 64), and the reference recipes (``configs.reference_recipe``):
+``liresnet_ref``, LiResNet's CIFAR-10 settings (depth 12, width 512, neck 512, dense 2048, EMMA,
+NAdam 1e-3 in Lookahead, 20 of 800 epochs of warm-up then cosine, gradient clip 3, training
+radius 0.1x -> 3x of 36/255 over the first 400 epochs, 10 power-iteration steps per update,
+crops, flips and RandAugment's colour ops; their 8 residual dense layers after the neck are not
+in this LiResNet), and ``bronet_ref``, BRONet's (the same with the LA loss and weight decay
+4e-5), on the same LiResNet: BRONet's BRO residual blocks become the ``bro`` model variant once
+that layer is wired in. Both certify at 36/255 like the default:
+  python launch.py --config=experiments/cifar10_certified.py:liresnet_ref \
+      --workdir=runs/cifar10_liresnet_ref --evaluators=certificates,cw_l2 --attack_examples=1000
+Results, timings and the design runs behind these choices (crops, EMMA, batch size, the AOL
+variant), and the reference recipes' commands: docs/CERTIFIED.md.
 """
 
-import ml_collections
-
 from lclmt_jax.config_schema import default_config
-from lclmt_jax.configs import check_variant, liresnet_recipe
-
-EPS36 = 36 / 255
-CNN_6C2F = ((32, 3, 1), (32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 3, 1), (64, 4, 2))
+from lclmt_jax.configs import cifar_variant
 
 
 def get_config(variant: str = ''):
-    parts = variant.split(',')
-    for part in parts:
-        check_variant(part, ('', '6c2f', 'aol', 'sll', 'standin', 'short'))
-    short = 'short' in parts
-    config = default_config()
-    if 'standin' in parts:
+    config = cifar_variant(default_config(), variant, 'cifar10', extra=('standin',))
+    if 'standin' in variant.split(','):  # coloured digits: no flips, crops or colour ops
         config.data.source = 'npz'
+        config.data.name = default_config().data.name  # unread by npz, as before: workdirs resume
         config.data.path = 'runs/svhn_standin.npz'
-    else:
-        config.data.source = 'tfds'
-        config.data.name = 'cifar10'
-    if '6c2f' in parts:
-        config.model = 'cnn'
-        config.cnn = ml_collections.ConfigDict({
-            'convs': CNN_6C2F, 'dense': (512,), 'activation': 'minmax',
-            'weight_init': 'orthogonal'})
-    elif 'aol' in parts or 'sll' in parts:
-        config.model = 'lipconvnet'
-        config.lipconvnet = ml_collections.ConfigDict({
-            'layer': 'aol' if 'aol' in parts else 'sll', 'width': 16 if short else 32,
-            'blocks': 3, 'layers_per_block': 2 if short else 4})
-    else:
-        config.model = 'liresnet'
-        config.liresnet = ml_collections.ConfigDict({
-            'depth': 6 if short else 12, 'width': 32 if short else 128, 'stem_kernel': 5,
-            'stem_stride': 2, 'neck_features': 64 if short else 256, 'neck_size': 4,
-            'dense_features': 512})
-    # the training radius (certified at evaluation.epsilons) and LiResNet's schedule
-    liresnet_recipe(config, 1.5 * EPS36, 16 if short else 200)
-    if short:  # a short schedule is step-limited: batch 64 gives 4x the updates per epoch
-        config.batch_size = 64
-    config.augment.crop_padding = 0 if 'standin' in parts else 4
-    config.augment.flip = 'standin' not in parts
-    config.bound.sound_every_epochs = 4 if short else 20
-    config.checkpoint_every_epochs = 4 if short else 20
-    config.evaluation.epsilons = (EPS36, 2 * EPS36, 3 * EPS36, 0.2)
-    config.evals.cw_l2.batch_size = 500
+        config.augment.update(crop_padding=0, flip=False, colour_ops=0)
     return config

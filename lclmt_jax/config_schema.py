@@ -53,6 +53,8 @@ def schema() -> Schema:
         'epsilon_warmup_epochs': Field(0.0, Number()),
         # the ramp's shape: linear | log (lclmt_jax.losses)
         'epsilon_schedule': Field('linear', Name('lclmt_jax.losses:EPSILON_RAMPS')),
+        # the ramp starts at this fraction of epsilon (LiResNet, BRONet: 0.1x -> 3x = 1/30)
+        'epsilon_start_fraction': Field(0.0, Number(maximum=1.0)),
         # > 0: TRADES-style loss, clean CE + lambda·KL(clean || inflated)
         'trades_lambda': Field(0.0, Number()),
         'seed': Field(0, Integer(minimum=0)),
@@ -90,6 +92,11 @@ def schema() -> Schema:
             # random shifts of up to this many pixels, zeros filled in
             'crop_padding': Field(0, Integer(minimum=0)),
             'flip': Field(False, Flag()),  # random horizontal flips
+            # RandAugment-style colour ops per image (0: off; lclmt_jax.augment.colour_jitter),
+            # applied with this probability, at this magnitude (torchvision's 0..30 scale)
+            'colour_ops': Field(0, Integer(minimum=0)),
+            'colour_probability': Field(0.5, Number(maximum=1.0)),
+            'colour_magnitude': Field(9.0, Number(maximum=30.0)),
         },
         # A model of lclmt_jax.models.MODELS; config.<model> sets its fields (absent: its
         # defaults), checked by the model (an activation of lclmt_jax.activations.ACTIVATIONS).
@@ -104,6 +111,16 @@ def schema() -> Schema:
         'learning_rate': Field(1e-3, Number(strict=True)),
         # constant | cosine | step (x0.1 at 50% and 75% of training) | decay_after_half
         'schedule': Field('constant', Name('lclmt_jax.optimizers:SCHEDULES')),
+        # > 0: the learning rate rises linearly over these epochs before the schedule starts
+        'learning_rate_warmup_epochs': Field(0.0, Number()),
+        # Lookahead around the optimizer (lclmt_jax.optimizers.lookahead); sync_period 0: off.
+        # timm's defaults, which LiResNet and BRONet use: every 6 steps, half way.
+        'lookahead': {
+            'sync_period': Field(0, Integer(minimum=0)),
+            'slow_step_size': Field(0.5, Number(strict=True, maximum=1.0)),
+            # also sync after each epoch, so the weights evaluated and certified are the slow ones
+            'sync_each_epoch': Field(True, Flag()),
+        },
         'weight_decay': Field(0.0, Number()),  # L2 penalty coefficient, added to the gradient
         # Clip the loss gradient (before weight decay) to this global L2 norm; None: off. A
         # typed placeholder, so --config.grad_clip_norm=10 works on the command line.

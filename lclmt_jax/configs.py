@@ -1,5 +1,6 @@
-"""The recipes experiment files share: the papers' training, LiResNet's, and the variants
-(``file.py:variant``) of the MNIST and SVHN experiments.
+"""The recipes experiment files share: the papers' training, LiResNet's, the reference recipes
+of LiResNet and BRONet, and the variants (``file.py:variant``) of the MNIST, SVHN and CIFAR
+experiments.
 
 Each function takes a config of ``lclmt_jax.config_schema.default_config`` and sets the fields of
 one recipe. Why each recipe's values were chosen, with the measurements, is written in docs/
@@ -56,6 +57,39 @@ def liresnet_recipe(config: ml_collections.ConfigDict, training_epsilon: float,
     config.grad_clip_norm = 3.0
     config.bound.power_iterations = 4
     config.bound.reconverge_steps = 20
+    return config
+
+
+REFERENCE_RADIUS = 36 / 255  # the radius LiResNet and BRONet certify on CIFAR
+
+
+def reference_recipe(config: ml_collections.ConfigDict, method: str, num_epochs: int,
+                     weight_decay: float = 0.0) -> ml_collections.ConfigDict:
+    """LiResNet's and BRONet's CIFAR training (hukkai/liresnet ``configs/cifar10.yaml``,
+    ntuaislab/BRONet ``configs/benchmark_reproduce/cifar10.yaml``; ``method`` 'emma' or 'la'):
+    ``liresnet_recipe`` with the training radius ramped linearly from 0.1x to 3x of 36/255 over
+    the first half of the run (``epsilon`` 3·36/255, start fraction 1/30); NAdam 1e-3 inside
+    Lookahead (timm's defaults: a sync every 6 steps, half way, and one after every epoch), a
+    linear warm-up over 1/40 of the run (their 20 of 800 epochs) then a cosine decay, gradients
+    clipped to norm 3, batch 256; 10 power-iteration steps per update; random crops (4 pixels),
+    flips and RandAugment's colour ops (2 per image at magnitude 9, on half the images; their
+    RandAugment also rotates and shears, left out here). BRONet adds ``weight_decay`` 4e-5.
+
+    What differs from their code: optax's NAdam has no momentum-decay schedule (torch's
+    ``momentum_decay``), their cosine floors at 1e-5 of the rate and this one at 0, their radius
+    steps once per epoch and this one every update, and they add 3x as many generated (DDPM)
+    images per batch only in their ``_edm`` configs, not here.
+    """
+    liresnet_recipe(config, 3 * REFERENCE_RADIUS, num_epochs)
+    config.method = method
+    config.epsilon_start_fraction = 0.1 / 3
+    config.optimizer = 'nadam'
+    config.learning_rate_warmup_epochs = num_epochs / 40
+    config.weight_decay = weight_decay
+    config.lookahead.update(sync_period=6, slow_step_size=0.5, sync_each_epoch=True)
+    config.bound.power_iterations = 10
+    config.augment.update(crop_padding=4, flip=True, colour_ops=2, colour_probability=0.5,
+                          colour_magnitude=9.0)
     return config
 
 
@@ -135,4 +169,69 @@ def svhn_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collecti
         config.batch_size = 32
         config.eval_batch_size = 32
         config.data.pipeline = 'host'
+    return config
+
+
+CIFAR_VARIANTS = ('', '6c2f', 'aol', 'sll', 'cpl', 'short', 'liresnet_ref', 'bronet_ref')
+CNN_6C2F = ((32, 3, 1), (32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 3, 1), (64, 4, 2))
+
+
+def _cifar_model(config: ml_collections.ConfigDict, parts: set[str]) -> None:
+    """The network of a CIFAR variant: 6C2F, a LipConvNet (AOL, SLL, CPL), the reference
+    LiResNet (``*_ref``: depth 12, width 512, neck 512 and dense 2048, as both references) or the
+    default LiResNet; ``short`` narrows each for the CPU."""
+    short = 'short' in parts
+    if '6c2f' in parts:
+        config.model = 'cnn'
+        config.cnn = ml_collections.ConfigDict({
+            'convs': CNN_6C2F, 'dense': (512,), 'activation': 'minmax',
+            'weight_init': 'orthogonal'})
+        return
+    layer = next((name for name in ('aol', 'sll', 'cpl') if name in parts), None)
+    if layer:
+        config.model = 'lipconvnet'
+        config.lipconvnet = ml_collections.ConfigDict({
+            'layer': layer, 'width': 16 if short else 32, 'blocks': 3,
+            'layers_per_block': 2 if short else 4})
+        return
+    reference = bool(parts & {'liresnet_ref', 'bronet_ref'})
+    config.model = 'liresnet'
+    config.liresnet = ml_collections.ConfigDict({
+        'depth': 6 if short else 12, 'width': 32 if short else 512 if reference else 128,
+        'stem_kernel': 5, 'stem_stride': 2,
+        'neck_features': 64 if short else 512 if reference else 256, 'neck_size': 4,
+        'dense_features': 512 if short else 2048 if reference else 512})
+
+
+def cifar_variant(config: ml_collections.ConfigDict, variant: str, dataset: str = 'cifar10',
+                  extra: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """Certified CIFAR (TFDS ``dataset``) at 36/255: a variant string of ``CIFAR_VARIANTS`` parts
+    joined by commas (``extra``: parts the file handles itself, e.g. ``standin``, which the caller
+    applies after). The default trains with ``liresnet_recipe`` (pairwise LC-LMT at 1.5x 36/255
+    over 200 epochs); ``liresnet_ref`` and ``bronet_ref`` with ``reference_recipe`` (EMMA, LA) for
+    800 epochs; ``short`` is the CPU schedule (16 epochs, batch 64)."""
+    parts = set(variant.split(','))
+    for part in variant.split(','):
+        check_variant(part, CIFAR_VARIANTS + tuple(extra))
+    if {'liresnet_ref', 'bronet_ref'} <= parts:
+        raise ValueError('config variants liresnet_ref and bronet_ref exclude each other')
+    short = 'short' in parts
+    config.data.source = 'tfds'
+    config.data.name = dataset
+    _cifar_model(config, parts)
+    epochs = 16 if short else None
+    if 'liresnet_ref' in parts:
+        reference_recipe(config, 'emma', epochs or 800)
+    elif 'bronet_ref' in parts:
+        reference_recipe(config, 'la', epochs or 800, weight_decay=4e-5)
+    else:  # the training radius (certified at evaluation.epsilons) and LiResNet's schedule
+        liresnet_recipe(config, 1.5 * REFERENCE_RADIUS, epochs or 200)
+        config.augment.update(crop_padding=4, flip=True)
+    if short:  # a short schedule is step-limited: batch 64 gives 4x the updates per epoch
+        config.batch_size = 64
+    config.bound.sound_every_epochs = 4 if short else 20
+    config.checkpoint_every_epochs = 4 if short else 20
+    config.evaluation.epsilons = (REFERENCE_RADIUS, 2 * REFERENCE_RADIUS, 3 * REFERENCE_RADIUS,
+                                  0.2)
+    config.evals.cw_l2.batch_size = 500
     return config

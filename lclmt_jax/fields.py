@@ -25,12 +25,13 @@ def _is_number(value: Any) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Number:
-    """A finite int or float (not a bool) >= ``minimum`` (> when ``strict``) and < ``below``
-    when given; None too when ``optional``."""
+    """A finite int or float (not a bool) >= ``minimum`` (> when ``strict``), <= ``maximum``
+    and < ``below`` when given; None too when ``optional``."""
 
     minimum: float = 0.0
     strict: bool = False
     optional: bool = False
+    maximum: float = math.inf
     below: float | None = None
     placeholder = float
 
@@ -38,12 +39,13 @@ class Number:
         if value is None and self.optional:
             return
         if not _is_number(value) or not math.isfinite(value) or value < self.minimum or (
-                self.strict and value == self.minimum) or (
+                self.strict and value == self.minimum) or value > self.maximum or (
                 self.below is not None and value >= self.below):
             relation = '>' if self.strict else '>='
+            most = f' and <= {self.maximum:g}' if math.isfinite(self.maximum) else ''
             upper = '' if self.below is None else f' and < {self.below:g}'
             raise ValueError(f'{name} must be a finite number {relation} {self.minimum:g}'
-                             f'{upper}, got {value!r}')
+                             f'{most}{upper}, got {value!r}')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,14 +9,20 @@ f_t to beat every other f_j by the *required gap* R_j = eps·K_tj that certifies
 * ``global``: K_tj = sqrt(2)·L for every pair -- the papers' methods (``lmt``, ``lc_lmt``);
 * ``pairwise``: K_tj = |w_t - w_j|·L_body, the tighter constants of the pairwise certificate
   (``lmt_pairwise``, ``lc_lmt_pairwise``, GloRo's ``gloro``, Leino et al. 2021, and LiResNet's
-  ``emma``, Hu et al. 2023).
+  ``emma``, Hu et al. 2023, and BRONet's ``la``, Lai et al. 2025).
+
+A method's ``criterion`` turns the inflated logits into a per-example loss: softmax
+cross-entropy for all but ``la``, whose Logit Annealing loss (``logit_annealing``) weighs the
+cross-entropy of EMMA's logits by (1 - p_t)^gamma.
 
 The training metrics (margin, required margin, ``bound_met``) check the condition the method
 trains for: f_t - f_v >= R_v for the binding class v (``margins.binding_margin``).
 
 ``config.trades_lambda`` > 0 turns any method into a TRADES-style loss (Zhang et al., 2019, as
 GloRo trains): cross-entropy of the clean logits plus lambda times the KL divergence from the
-clean to the inflated distribution. ``config.epsilon_schedule`` shapes the loss's epsilon ramp.
+clean to the inflated distribution (the clean term is the method's criterion of the clean
+logits). ``config.epsilon_schedule`` shapes the loss's epsilon ramp and
+``config.epsilon_start_fraction`` sets where it starts.
 
 Adding a method is one function and one ``METHODS.register`` line here.
 """
@@ -37,16 +43,25 @@ from lclmt_jax.registry import Registry
 
 Array = jax.Array
 Inflation = Callable[[Array, Array, Array], Array]
+Criterion = Callable[[Array, Array], Array]
+
+
+def cross_entropy(logits: Array, labels: Array) -> Array:
+    """Softmax cross-entropy per example: the criterion of every method but ``la``."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
 
 class Method(NamedTuple):
     """A training method: its logit inflation, the certificate (a ``margins.CERTIFICATES`` name)
-    whose required gaps it inflates by, its name in figures and tables, and ``paper``: the
-    registered method its paper published (``configs.paper_recipe``; None: no paper form)."""
+    whose required gaps it inflates by, its name in figures and tables, ``paper``: the
+    registered method its paper published (``configs.paper_recipe``; None: no paper form), and
+    ``criterion``: the per-example loss of the inflated logits and the labels."""
 
     inflate: Inflation
     certificate: str
     label: str
     paper: str | None = None
+    criterion: Criterion = cross_entropy
 
 
 METHODS: Registry[Method] = Registry('method')
@@ -105,6 +120,33 @@ def inflate_by_achieved_margin(logits: Array, labels: Array, gaps: Array) -> Arr
     return logits + jnp.where(is_true, 0.0, scale * gaps)
 
 
+def logit_annealing(gamma: float, temperature: float, offset: float) -> Criterion:
+    """The Logit Annealing loss (Lai et al., BRONet, ICML 2025) as a criterion of logits z:
+
+        z'_j = (z_j - offset·[j = t]) / T,   CE = -log softmax(z')_t,   p_t = exp(-CE),
+        loss = T·(1 - p_t)^gamma·CE.
+
+    With EMMA's logits (the ``la`` method), the offset asks the true class for a further margin
+    ``offset`` beyond the gaps, the temperature T sharpens the softmax, and the annealing factor
+    (1 - p_t)^gamma (a focal weight) lets points that already meet it stop pulling, so the
+    network's limited capacity goes to the points near the boundary. gamma = 0, T = 1 and
+    offset = 0 give plain cross-entropy. 1 - p_t is computed as -expm1(-CE), accurate when p_t
+    is near 1; gamma = 0 skips the factor, whose gradient at p_t = 1 would be 0·inf.
+    """
+    def criterion(logits: Array, labels: Array) -> Array:
+        offsets = offset * jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+        entropy = cross_entropy((logits - offsets) / temperature, labels)
+        if gamma == 0:
+            return temperature * entropy
+        miss = jnp.maximum(-jnp.expm1(-entropy), 0.0)  # 1 - p_t, >= 0 despite rounding
+        return temperature * miss ** gamma * entropy
+
+    return criterion
+
+
+# BRONet's settings for CIFAR-10/100 (configs/benchmark_reproduce): gamma 5, T 0.75, offset 2.
+LOGIT_ANNEALING = {'gamma': 5.0, 'temperature': 0.75, 'offset': 2.0}
+
 # plain inflates nothing; its certificate only decides which margin its metrics report. LMT and
 # LC-LMT were published with the global constant sqrt(2)·L, so their pairwise forms' paper form
 # is the global one; GloRo and EMMA were published with the pairwise constants and keep them.
@@ -116,6 +158,9 @@ METHODS.register('lc_lmt_pairwise', Method(inflate_binding_rival, 'pairwise', 'L
                                            paper='lc_lmt'))
 METHODS.register('gloro', Method(append_bottom_logit, 'pairwise', 'GloRo', paper='gloro'))
 METHODS.register('emma', Method(inflate_by_achieved_margin, 'pairwise', 'EMMA', paper='emma'))
+# LA trains on EMMA's logits (BRONet's logit_annealing_loss with its Lipschitz regularisation).
+METHODS.register('la', Method(inflate_by_achieved_margin, 'pairwise', 'LA', paper='la',
+                              criterion=logit_annealing(**LOGIT_ANNEALING)))
 
 
 def trains_for_margin(method: Method) -> bool:
@@ -147,15 +192,16 @@ def trades_divergence(clean: Array, inflated: Array) -> Array:
 
 def method_loss(method: Method, output: ModelOutput, labels: Array, epsilon: Array | float,
                 trades_lambda: float = 0.0) -> Array:
-    """The loss the optimizer minimises: mean cross-entropy of the inflated logits, or with
-    ``trades_lambda`` > 0, that of the clean logits plus lambda·KL(clean || inflated).
+    """The loss the optimizer minimises: the mean of the method's criterion (cross-entropy for
+    all but ``la``) of the inflated logits, or with ``trades_lambda`` > 0, that of the clean
+    logits plus lambda·KL(clean || inflated).
 
     The gradient flows through the bounds in the gaps too, so training also shrinks them.
     """
     logits = inflated_logits(method, output, labels, epsilon)
     if not trades_lambda:
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    clean = optax.softmax_cross_entropy_with_integer_labels(output.logits, labels)
+        return method.criterion(logits, labels).mean()
+    clean = method.criterion(output.logits, labels)
     return (clean + trades_lambda * trades_divergence(output.logits, logits)).mean()
 
 
@@ -170,16 +216,21 @@ EPSILON_RAMPS.register('log', lambda t: jnp.log1p((jnp.e - 1.0) * t))
 def epsilon_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
     """The radius the loss inflates for at each step: ``config.epsilon`` after a warm-up.
 
-    ``config.epsilon_warmup_epochs`` > 0 ramps epsilon from 0 over that many epochs, shaped by
+    ``config.epsilon_warmup_epochs`` > 0 ramps epsilon over that many epochs, from
+    ``config.epsilon_start_fraction`` s of it (default 0) to all of it, shaped by
     ``config.epsilon_schedule`` (``linear``, the LMT reference code's schedule for its SVHN
-    runs, or ``log``). Early in training the layer-wise bound L of a deep network is orders of
-    magnitude above its true Lipschitz constant, so even a small sqrt(2)·L·eps makes the
-    gradient through L dominate before any feature is learned, and the network collapses to
-    constant outputs (see ``configs.svhn_variant``); the warm-up lets it learn first.
+    runs, or ``log``): eps·(s + (1 - s)·ramp(t)). LiResNet and BRONet ramp their training radius
+    from 0.1x to 3x of 36/255 over half the run: ``epsilon`` = 3·36/255, s = 1/30. Early in
+    training the layer-wise bound L of a deep network is orders of magnitude above its true
+    Lipschitz constant, so even a small sqrt(2)·L·eps makes the gradient through L dominate
+    before any feature is learned, and the network collapses to constant outputs (see
+    ``configs.svhn_variant``); the warm-up lets it learn first.
     Certification and the ``bound_met`` metrics always use the full epsilon.
     """
     warmup_steps = round(config.epsilon_warmup_epochs * steps_per_epoch)
     if warmup_steps <= 0:
         return optax.constant_schedule(config.epsilon)
     ramp = EPSILON_RAMPS.get(config.epsilon_schedule, 'config.epsilon_schedule')
-    return lambda step: config.epsilon * ramp(jnp.clip(step / warmup_steps, 0.0, 1.0))
+    start = config.epsilon_start_fraction
+    return lambda step: config.epsilon * (
+        start + (1.0 - start) * ramp(jnp.clip(step / warmup_steps, 0.0, 1.0)))

@@ -84,13 +84,13 @@ def make_train_step(model: nn.Module, config: ml_collections.ConfigDict,
     with the key of (seed, state.step).
     """
     method = losses.METHODS.get(config.method)
-    crop_padding, flip = config.augment.crop_padding, config.augment.flip
+    augmentation = dict(config.augment)
 
     def train_step(state: TrainState, images: Array, labels: Array):
         epsilon = epsilon_at(state.step)
-        if crop_padding or flip:
+        if augment.is_on(**augmentation):
             images = augment.augment(images, augment.step_key(config.seed, state.step),
-                                     crop_padding, flip)
+                                     **augmentation)
 
         def loss_fn(params):
             output, model_state = model.apply(

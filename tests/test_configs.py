@@ -44,6 +44,73 @@ def test_experiment_configs_validate(path, tmp_path):
         _validate(config_schema.apply_overrides(module.get_config(), overrides), tmp_path)
 
 
+CIFAR_FILES = ('cifar10_certified', 'cifar100_certified')
+CIFAR_CASES = [(name, variant) for name in CIFAR_FILES for variant in configs.CIFAR_VARIANTS] + [
+    ('cifar10_certified', 'standin,short'), ('cifar10_certified', 'standin,short,cpl'),
+    ('cifar10_certified', 'bronet_ref,short'), ('cifar100_certified', 'liresnet_ref,short')]
+
+
+def _experiment(name):
+    return _load(os.path.join(os.path.dirname(EXPERIMENTS[0]), f'{name}.py'))
+
+
+@pytest.mark.parametrize('name, variant', CIFAR_CASES, ids=lambda case: case or "''")
+def test_every_cifar_variant_loads_and_validates(name, variant, tmp_path):
+    config = _experiment(name).get_config(variant)
+    _validate(config, tmp_path)
+    expected = 'npz' if 'standin' in variant else 'tfds'
+    assert config.data.source == expected
+    if expected == 'tfds':
+        assert config.data.name == name.split('_')[0]
+    assert config.evaluation.epsilons[0] == pytest.approx(36 / 255)
+
+
+@pytest.mark.parametrize('name', CIFAR_FILES)
+def test_the_reference_recipes_are_liresnets_and_bronets_settings(name):
+    """hukkai/liresnet configs/cifar10.yaml and ntuaislab/BRONet benchmark_reproduce/cifar10.yaml
+    (the CIFAR-100 files are the same but for the dataset)."""
+    experiment = _experiment(name)
+    for variant, method, weight_decay in (('liresnet_ref', 'emma', 0.0),
+                                          ('bronet_ref', 'la', 4e-5)):
+        config = experiment.get_config(variant)
+        assert (config.method, config.weight_decay) == (method, weight_decay)
+        assert (config.model, config.liresnet.depth, config.liresnet.width,
+                config.liresnet.dense_features) == ('liresnet', 12, 512, 2048)
+        assert (config.num_epochs, config.batch_size, config.learning_rate_warmup_epochs) == (
+            800, 256, 20)
+        assert (config.optimizer, config.learning_rate, config.schedule,
+                config.grad_clip_norm) == ('nadam', 1e-3, 'cosine', 3.0)
+        assert dict(config.lookahead) == {'sync_period': 6, 'slow_step_size': 0.5,
+                                          'sync_each_epoch': True}
+        assert config.bound.power_iterations == 10
+        # the training radius: 0.1x -> 3x of 36/255 over the first 400 epochs
+        assert config.epsilon == pytest.approx(3 * 36 / 255)
+        assert config.epsilon * config.epsilon_start_fraction == pytest.approx(0.1 * 36 / 255)
+        assert (config.epsilon_schedule, config.epsilon_warmup_epochs) == ('linear', 400)
+        assert (config.augment.crop_padding, config.augment.flip,
+                config.augment.colour_ops) == (4, True, 2)
+    with pytest.raises(ValueError, match='liresnet_ref and bronet_ref exclude each other'):
+        experiment.get_config('liresnet_ref,bronet_ref')
+    with pytest.raises(ValueError, match="unknown config variant 'bro'"):
+        experiment.get_config('bro')
+
+
+def test_the_cifar_variants_pick_their_network():
+    cifar10 = _experiment('cifar10_certified')
+    for layer in ('aol', 'sll', 'cpl'):
+        config = cifar10.get_config(layer)
+        assert (config.model, config.lipconvnet.layer) == ('lipconvnet', layer)
+    assert cifar10.get_config('6c2f').model == 'cnn'
+    default = cifar10.get_config('')
+    assert (default.method, default.liresnet.width, default.augment.colour_ops) == (
+        'lc_lmt_pairwise', 128, 0)
+    standin = cifar10.get_config('standin,liresnet_ref')  # digits: no crops, flips, colours
+    assert (standin.augment.crop_padding, standin.augment.flip,
+            standin.augment.colour_ops) == (0, False, 0)
+    with pytest.raises(ValueError, match="unknown config variant 'standin'"):
+        _experiment('cifar100_certified').get_config('standin')
+
+
 def test_method_and_model_of_the_named_experiments():
     expected = {'mnist_lc': ('lc_lmt_pairwise', 'mlp'), 'mnist_lmt': ('lmt_pairwise', 'mlp'),
                 'mnist_certified_mlp': ('lc_lmt_pairwise', 'mlp'),
@@ -65,6 +132,11 @@ def test_reading_a_config_imports_no_jax_and_no_model_code():
     out = subprocess.run([sys.executable, '-c', code, path], capture_output=True, text=True,
                          check=True, cwd=os.path.dirname(os.path.dirname(path)))
     assert out.stdout.split() == ['lc_lmt_pairwise', '[]']
+    path = os.path.join(os.path.dirname(EXPERIMENTS[0]), 'cifar100_certified.py')
+    out = subprocess.run([sys.executable, '-c', code.replace('"idx"', '"bronet_ref"'), path],
+                         capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(path)))
+    assert out.stdout.split() == ['la', '[]']
 
 
 def test_an_unknown_variant_names_the_allowed_ones():

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from lclmt_jax import config_schema, configs, losses, margins
+from lclmt_jax import config_schema, configs, losses, margins, validation
 from lclmt_jax.models import ModelOutput
 
 pytestmark = pytest.mark.fast
@@ -168,3 +168,80 @@ def test_emma_raises_each_rival_by_the_share_of_its_gap_already_won():
     chex.assert_trees_all_equal(zero, logits)
     loss = losses.method_loss(emma, _output(), LABELS, 0.5)
     assert np.isfinite(float(loss)) and float(loss) > 0
+
+
+def _annealed(logits, label, gamma, temperature, offset):
+    """The Logit Annealing loss of one example, written out with math on Python floats."""
+    import math
+
+    shifted = [(z - (offset if j == label else 0.0)) / temperature for j, z in enumerate(logits)]
+    entropy = math.log(sum(math.exp(z) for z in shifted)) - shifted[label]
+    return temperature * (1.0 - math.exp(-entropy)) ** gamma * entropy
+
+
+def test_la_is_the_annealed_offset_cross_entropy_of_emma_logits():
+    """BRONet's LA: EMMA's logits z, z' = (z - offset·[j = t])/T, T·(1 - p_t)^gamma·CE(z')."""
+    la = _method('la')
+    assert (la.certificate, la.paper, la.inflate) == ('pairwise', 'la', _method('emma').inflate)
+    logits, labels = jnp.array([[2.0, 0.0, 1.0]]), jnp.array([0])
+    gaps = jnp.array([[0.0, 1.0, 0.5]])
+    inflated = la.inflate(logits, labels, gaps)  # e = 1 for both rivals: [2, 1, 1.5]
+    chex.assert_trees_all_close(inflated, jnp.array([[2.0, 1.0, 1.5]]))
+    expected = _annealed([2.0, 1.0, 1.5], 0, 5.0, 0.75, 2.0)  # CE = log(1 + e^(4/3) + e^2)
+    assert expected == pytest.approx(0.75 * (1 - 1 / 12.18281) ** 5 * np.log(12.18281), rel=1e-4)
+    np.testing.assert_allclose(la.criterion(inflated, labels), [expected], rtol=1e-5)
+    # through method_loss: the gaps come from the pairwise certificate of the model's head
+    output = _output()
+    emma_logits = losses.inflated_logits(la, output, LABELS, 0.5)
+    wanted = np.mean([_annealed(row, int(label), 5.0, 0.75, 2.0)
+                      for row, label in zip(np.asarray(emma_logits).tolist(), LABELS,
+                                            strict=True)])
+    np.testing.assert_allclose(losses.method_loss(la, output, LABELS, 0.5), wanted, rtol=1e-5)
+    # TRADES with LA: the clean term is LA's criterion of the clean logits
+    clean = la.criterion(LOGITS, LABELS)
+    kl = losses.trades_divergence(LOGITS, emma_logits)
+    chex.assert_trees_all_close(losses.method_loss(la, output, LABELS, 0.5, 2.0),
+                                jnp.mean(clean + 2.0 * kl), rtol=1e-6)
+
+
+def test_logit_annealing_reduces_to_cross_entropy_and_its_gradient_stays_finite():
+    plain = losses.logit_annealing(gamma=0.0, temperature=1.0, offset=0.0)
+    chex.assert_trees_all_close(plain(LOGITS, LABELS), losses.cross_entropy(LOGITS, LABELS))
+    # gamma = 0 alone: T times the cross-entropy of the offset, tempered logits
+    tempered = losses.logit_annealing(gamma=0.0, temperature=0.5, offset=1.0)
+    shifted = (LOGITS - jax.nn.one_hot(LABELS, 4)) / 0.5
+    chex.assert_trees_all_close(tempered(LOGITS, LABELS),
+                                0.5 * losses.cross_entropy(shifted, LABELS), rtol=1e-6)
+    # saturated examples (p_t = 1 in float32, CE = 0) and misclassified ones: finite gradients,
+    # and a saturated example pulls no more
+    logits = jnp.array([[300.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
+    labels = jnp.array([0, 0])
+    for criterion in (losses.METHODS.get('la').criterion, tempered):
+        grad = jax.grad(lambda z, c=criterion: c(z, labels).sum())(logits)
+        assert np.all(np.isfinite(np.asarray(grad)))
+        np.testing.assert_array_equal(grad[0], 0.0)
+        assert float(jnp.abs(grad[1]).sum()) > 0.1
+    # the annealing factor shrinks the loss of confident points much more than that of others
+    la = losses.METHODS.get('la').criterion
+    logits = jnp.array([[6.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
+    ce = losses.cross_entropy((logits - 2.0 * jax.nn.one_hot(labels, 3)) / 0.75, labels)
+    ratio = np.asarray(la(logits, labels) / (0.75 * ce))
+    assert ratio[0] < 1e-3 < 0.9 < ratio[1] <= 1.0
+
+
+def test_the_epsilon_ramp_starts_at_its_start_fraction():
+    """LiResNet's and BRONet's 0.1x -> 3x ramp: epsilon 3·r, start 1/30, over half the run."""
+    config = config_schema.default_config()
+    config.update(epsilon=3.0, epsilon_warmup_epochs=2.0, epsilon_start_fraction=1 / 30)
+    schedule = losses.epsilon_schedule(config, steps_per_epoch=10)
+    np.testing.assert_allclose([float(schedule(s)) for s in (0, 10, 20, 100)],
+                               [0.1, 1.55, 3.0, 3.0], rtol=1e-6)
+    # the default 0 is the ramp from 0, bit for bit
+    config.epsilon_start_fraction = 0.0
+    schedule = losses.epsilon_schedule(config, steps_per_epoch=10)
+    for step in (0, 3, 7, 15, 40):
+        assert float(schedule(step)) == float(3.0 * jnp.clip(step / 20, 0.0, 1.0))
+    config.epsilon_start_fraction = 1.5
+    with pytest.raises(ValueError, match='epsilon_start_fraction must be a finite number >= 0 '
+                                         'and <= 1, got 1.5'):
+        validation.validate_config(config, num_devices=1)
