@@ -57,6 +57,9 @@ def schema() -> Schema:
         'epsilon_start_fraction': Field(0.0, Number(maximum=1.0)),
         # > 0: TRADES-style loss, clean CE + lambda·KL(clean || inflated)
         'trades_lambda': Field(0.0, Number()),
+        # the loss sees logits / T and is multiplied by T (losses.method_loss); < 1 sharpens the
+        # cross-entropy of networks 1-Lipschitz by construction (1LipschitzLayersCompared: 1/4)
+        'logit_temperature': Field(1.0, Number(strict=True)),
         'seed': Field(0, Integer(minimum=0)),
         # The training estimate of the bound (lclmt_jax.bounds.Estimator) and how it is watched
         # (docs/CERTIFIED.md measures one vector against a block of 16).

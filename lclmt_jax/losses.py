@@ -191,18 +191,28 @@ def trades_divergence(clean: Array, inflated: Array) -> Array:
 
 
 def method_loss(method: Method, output: ModelOutput, labels: Array, epsilon: Array | float,
-                trades_lambda: float = 0.0) -> Array:
+                trades_lambda: float = 0.0, temperature: float = 1.0) -> Array:
     """The loss the optimizer minimises: the mean of the method's criterion (cross-entropy for
     all but ``la``) of the inflated logits, or with ``trades_lambda`` > 0, that of the clean
     logits plus lambda·KL(clean || inflated).
 
+    ``temperature`` T divides every logit the criterion sees and multiplies the loss (the
+    offset cross-entropy of "1-Lipschitz Layers Compared", Prach et al. 2024, without the offset,
+    which the inflation already is): T·CE(z/T). A network that is 1-Lipschitz by construction
+    has logit gaps of the order of its inputs' distances, a few units at most, where softmax
+    cross-entropy is almost flat; T < 1 sharpens it. The certificate is unchanged: it reads the
+    logits themselves. T = 1 is the plain loss, bit for bit.
+
     The gradient flows through the bounds in the gaps too, so training also shrinks them.
     """
     logits = inflated_logits(method, output, labels, epsilon)
+    clean_logits = output.logits
+    if temperature != 1.0:
+        logits, clean_logits = logits / temperature, clean_logits / temperature
     if not trades_lambda:
-        return method.criterion(logits, labels).mean()
-    clean = method.criterion(output.logits, labels)
-    return (clean + trades_lambda * trades_divergence(output.logits, logits)).mean()
+        return temperature * method.criterion(logits, labels).mean()
+    clean = method.criterion(clean_logits, labels)
+    return temperature * (clean + trades_lambda * trades_divergence(clean_logits, logits)).mean()
 
 
 Ramp = Callable[[Array], Array]

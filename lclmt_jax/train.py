@@ -96,7 +96,8 @@ def make_train_step(model: nn.Module, config: ml_collections.ConfigDict,
             output, model_state = model.apply(
                 {'params': params, **state.model_state}, data.to_float(images), train=True,
                 mutable=list(state.model_state))
-            loss = losses.method_loss(method, output, labels, epsilon, config.trades_lambda)
+            loss = losses.method_loss(method, output, labels, epsilon, config.trades_lambda,
+                                      config.logit_temperature)
             return loss, (output, model_state)
 
         (loss, (output, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -121,14 +121,37 @@ def test_aol_layers_apply_the_loop_rescaled_kernel(stride, padding):
     np.testing.assert_allclose(conv.apply(variables, x)[0], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_aol_conv_starts_as_the_identity_and_1x1_as_orthogonal():
+def test_aol_conv_with_dirac_init_starts_as_the_identity_and_1x1_as_orthogonal():
     x = jnp.asarray(np.random.default_rng(14).normal(size=(1, 5, 5, 4)), jnp.float32)
-    conv = AOLConv(4, 3)
+    conv = AOLConv(4, 3, kernel_init=aol.dirac_init)
     y, _ = conv.apply(conv.init(jax.random.key(0), x), x)
     np.testing.assert_allclose(y, x * (1 + aol.AOL_EPSILON) ** -0.5, rtol=1e-6)
     pointwise = AOLConv(4, 1)
     kernel = pointwise.init(jax.random.key(1), x)['params']['kernel'][0, 0]
     np.testing.assert_allclose(kernel.T @ kernel, np.eye(4), atol=1e-5)
+
+
+def test_aol_default_init_pairs_each_pixel_with_a_neighbour_for_minmax():
+    """Output channels (2m, 2m + 1) = (x_m at p, x_m at a neighbour) / sqrt(2) (AOL's rescaling
+    of orthogonal columns), so MinMax's spread max - min is |x_p - x_q|/sqrt(2): the same for an
+    image and its colour negative 1 - x, where a linear feature flips sign."""
+    x = jnp.asarray(np.random.default_rng(15).uniform(size=(1, 6, 6, 3)), jnp.float32)
+    conv = AOLConv(8, 3)
+    variables = conv.init(jax.random.key(0), x)
+    kernel = np.asarray(variables['params']['kernel'])
+    per_output = np.count_nonzero(kernel, axis=(0, 1, 2))
+    np.testing.assert_array_equal(per_output, [1, 1, 1, 1, 1, 1, 0, 0])
+    np.testing.assert_allclose(aol.aol_scale(jnp.asarray(kernel))[:3], 2 ** -0.5, rtol=1e-6)
+    y, _ = conv.apply(variables, x)
+    np.testing.assert_allclose(y[0, 1:-1, 1:-1, 0], x[0, 1:-1, 1:-1, 0] / 2 ** 0.5, rtol=1e-5)
+    assert not np.asarray(y[..., 6:]).any()  # channels past 2·C_in start at zero
+
+    def spread(images):
+        pairs = conv.apply(variables, images)[0].reshape(1, 6, 6, 4, 2)
+        return (pairs.max(-1) - pairs.min(-1))[:, 1:-1, 1:-1]  # inside the zero padding
+
+    np.testing.assert_allclose(spread(x), spread(1 - x), atol=1e-6)
+    assert float(spread(x).max()) > 0.1
 
 
 # ----------------------------------------------------------------------------- SLL forward
@@ -276,21 +299,21 @@ TINY_INPUT = (7, 7, 3)  # odd: the downsampling pads
 
 
 @functools.lru_cache
-def tiny_network(layer, shape=TINY_INPUT):
-    model = lipconvnet.LipConvNet(layer=layer, **TINY)
+def tiny_network(layer, shape=TINY_INPUT, center_input=False):
+    model = lipconvnet.LipConvNet(layer=layer, center_input=center_input, **TINY)
     variables = models.init_variables(model, jax.random.key(6), shape)
     params = perturbed(variables['params'], 7, 0.2)
     return model, {**variables, 'params': params}
 
 
-@pytest.mark.parametrize('layer', ['aol', 'sll'])
-def test_network_sound_bounds_cover_brute_force_jacobians(layer):
+@pytest.mark.parametrize('layer, center_input', [('aol', False), ('sll', False), ('aol', True)])
+def test_network_sound_bounds_cover_brute_force_jacobians(layer, center_input):
     shape = TINY_INPUT
-    model, variables = tiny_network(layer)
+    model, variables = tiny_network(layer, center_input=center_input)
     sound = certify.sound_bounds(model, variables, shape)
     assert sound.body_lipschitz <= (1 + SLACK) ** 2  # two layers
     points = np.random.default_rng(10).uniform(0, 1, size=(4, *shape))
-    body = lipconvnet.LipConvBody(layer, **TINY)
+    body = lipconvnet.LipConvBody(layer, center_input=center_input, **TINY)
     body_vars = {'params': variables['params']['body']}
     body_jacobians = jacobians(lambda z: body.apply(to64(body_vars), z[None])[0][0], points)
     body_norms = np.linalg.norm(body_jacobians, 2, axis=(1, 2))
@@ -315,7 +338,7 @@ def test_downsample_and_zero_channels_are_isometric_where_they_keep():
 def test_certified_radii_hold_against_attacks():
     """No float32-certified point of a tiny AOL network broken by CW-L2 or a gradient line
     search."""
-    model, variables = tiny_network('aol')
+    model, variables = tiny_network('aol', center_input=True)
     images = np.random.default_rng(12).uniform(0.2, 0.8, size=(24, *TINY_INPUT))
     images = images.astype(np.float32)
     logits = certify.logits_float64(model, variables, images)

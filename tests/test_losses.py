@@ -65,6 +65,20 @@ def test_method_loss_is_cross_entropy_of_the_inflated_logits_with_global_gaps():
                                 expected, rtol=1e-6)
 
 
+def test_a_logit_temperature_is_t_times_the_loss_of_logits_over_t():
+    output = ModelOutput(LOGITS, jnp.float32(2.0), jnp.float32(1.0), jnp.eye(4))
+    method = _method('lc_lmt')
+    inflated = losses.inflated_logits(method, output, LABELS, 0.25)
+    expected = 0.1 * optax.softmax_cross_entropy_with_integer_labels(inflated / 0.1, LABELS).mean()
+    chex.assert_trees_all_close(losses.method_loss(method, output, LABELS, 0.25,
+                                                   temperature=0.1), expected, rtol=1e-6)
+    assert losses.method_loss(method, output, LABELS, 0.25, temperature=1.0) == \
+        losses.method_loss(method, output, LABELS, 0.25)
+    sharper = losses.method_loss(method, output, LABELS, 0.25, trades_lambda=1.0, temperature=0.5)
+    assert np.isfinite(float(sharper)) and float(sharper) != float(
+        losses.method_loss(method, output, LABELS, 0.25, trades_lambda=1.0))
+
+
 def test_epsilon_warmup_ramps_linearly_then_holds():
     config = config_schema.default_config()
     config.update(epsilon=0.8, epsilon_warmup_epochs=2.0)

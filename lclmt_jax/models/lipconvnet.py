@@ -76,12 +76,14 @@ class LipConvBody(nn.Module):
     layers_per_block: int = 2
     kernel_size: int = 3
     activation: str = 'minmax'
+    center_input: bool = False
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False,
                  sound: bool = False) -> tuple[Array, float]:
         activation, family = ACTIVATIONS.get(self.activation), conv_family(self.layer)
-        h = layers.exact_map(functools.partial(zero_channels, width=self.width), x)
+        h = layers.shift(x, 0.5) if self.center_input else x
+        h = layers.exact_map(functools.partial(zero_channels, width=self.width), h)
         body_lipschitz = 1.0
         for _ in range(self.blocks):
             for _ in range(self.layers_per_block):
@@ -101,7 +103,9 @@ class LipConvNet(LipConvBody):
     Settings: ``layer`` a ``layers.LAYERS`` family with ``same_width`` ('aol', 'cpl', 'sll');
     ``width`` (even) the first block's channels, doubled by every downsampling; ``blocks``;
     ``layers_per_block``; ``kernel_size`` (k×k, odd, so 'SAME' padding is centred);
-    ``activation`` (an ``ACTIVATIONS`` name, MinMax by default).
+    ``activation`` (an ``ACTIVATIONS`` name, MinMax by default); ``center_input``: the body sees
+    x - 1/2 (a translation, L unchanged; as the LiResNet), so that zero-mean MinMax pairs and
+    biases start balanced (off by default, as the runs made before it).
     """
 
     num_classes: int = 10
@@ -122,7 +126,7 @@ class LipConvNet(LipConvBody):
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, sound: bool = False) -> ModelOutput:
         body = LipConvBody(self.layer, self.width, self.blocks, self.layers_per_block,
-                           self.kernel_size, self.activation, name='body')
+                           self.kernel_size, self.activation, self.center_input, name='body')
         h, body_lipschitz = body(x, train=train, sound=sound)
         return lipschitz_head(h, body_lipschitz, self.num_classes, train=train, sound=sound,
                               estimator=self.estimator,
