@@ -397,9 +397,9 @@ def test_lipconvnet_trains_through_the_trainer(layer):
     assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
 
     # The usable families are the registry's entries with ``same_width``, not a list.
-    assert CONV_FAMILIES == ['aol', 'cpl', 'sll']
+    assert CONV_FAMILIES == ['aol', 'bro', 'cpl', 'sll']
     for name in ('nonexistent', 'dense'):
         config.lipconvnet.layer = name
         with pytest.raises(ValueError, match=f"unknown lipconvnet.layer '{name}'; allowed: "
-                                             "aol, cpl, sll"):
+                                             "aol, bro, cpl, sll"):
             models.create_model(config, 10)

@@ -6,6 +6,12 @@ block's bound and its proof live) each followed by MinMax, a neck (a k×k stride
 MinMax, flatten, a dense layer, MinMax) and a last-layer-normalised head
 (``layers.head.NormalizedHead``, LLN). No batch norm: every map is a fixed linear map or a
 1-Lipschitz activation, so L_body = |stem|·prod_b |I + A_b|·|neck conv|·|dense| (``bounds.chain``).
+
+``block='bro'`` is BRONet's backbone (Lai et al., ICML 2025): every residual block replaced by a
+BRO conv (``layers.bro``: a block reflector per frequency, rank width//2, zero padding cropped
+back), each followed by MinMax; L_body then has the BRO convs' sound bounds (each max(1, the
+computed symbols' norms)) in place of |I + A_b|. BRO convs have no float32 rounding analysis, so
+that variant certifies the exact network only (``arithmetic='exact'``).
 """
 
 from __future__ import annotations
@@ -15,12 +21,16 @@ import jax
 
 from lclmt_jax import bounds, layers
 from lclmt_jax.activations import ACTIVATIONS
+from lclmt_jax.layers.bro import BROConv
 from lclmt_jax.layers.conv import LipschitzConv
 from lclmt_jax.layers.head import ModelOutput, lipschitz_head
 from lclmt_jax.layers.liresnet_block import LiResBlock, block_scale
 from lclmt_jax.models import INITIALIZERS, MODELS, dense_stack
 
 Array = jax.Array
+
+# The blocks a LiResNet stacks (``block``): LiResNet's linear residual block, or a BRO conv.
+BLOCKS = ('residual', 'bro')
 
 
 @MODELS.register('liresnet')
@@ -38,6 +48,9 @@ class LiResNet(nn.Module):
 
     L_body = L_stem·prod_b L_block_b·L_neck·L_dense (each activation 1); every factor is the
     layer's exact or sound operator norm on its actual input shape when certifying.
+
+    ``block``: 'residual' (``LiResBlock``) or 'bro' (``layers.bro.BROConv`` of
+    ``block_kernel_size``, BRONet's backbone; module docstring).
     """
 
     depth: int = 6
@@ -52,6 +65,7 @@ class LiResNet(nn.Module):
     weight_init: str = 'orthogonal'
     normalize_head: bool = True
     center_input: bool = True
+    block: str = 'residual'
     num_classes: int = 10
     estimator: bounds.Estimator = bounds.ONE_VECTOR
 
@@ -65,6 +79,11 @@ class LiResNet(nn.Module):
                 raise ValueError(f'liresnet.{name} must be a positive int, got {value!r}')
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 0:
             raise ValueError(f'liresnet.depth must be an int >= 0, got {self.depth!r}')
+        if self.block not in BLOCKS:
+            raise ValueError(f'liresnet.block must be one of {", ".join(BLOCKS)}, got '
+                             f'{self.block!r}')
+        if self.block == 'bro' and self.width < 2:
+            raise ValueError(f'liresnet.block=bro needs width >= 2, got {self.width}')
         if self.block_kernel_size % 2 == 0:
             raise ValueError('liresnet.block_kernel_size must be odd (the identity sits at the '
                              f'centre tap), got {self.block_kernel_size}')
@@ -81,9 +100,11 @@ class LiResNet(nn.Module):
         h, activation_bound = activation(h)
         body_lipschitz = bounds.chain(body_lipschitz, activation_bound)
         for index in range(self.depth):
-            h, block_bound = LiResBlock(self.block_kernel_size, block_scale(self.depth),
-                                        self.estimator,
-                                        name=f'block{index + 1}')(h, **kw)
+            name = f'block{index + 1}'
+            block = (BROConv(kernel_size=self.block_kernel_size, name=name) if self.block == 'bro'
+                     else LiResBlock(self.block_kernel_size, block_scale(self.depth),
+                                     self.estimator, name=name))
+            h, block_bound = block(h, **kw)
             h, activation_bound = activation(h)
             body_lipschitz = bounds.chain(body_lipschitz, block_bound, activation_bound)
         h, neck_bound = LipschitzConv(self.neck_features, self.neck_size, self.neck_size,
