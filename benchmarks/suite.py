@@ -8,7 +8,7 @@ Rows: the paper MLP's epoch (60,000 MNIST-shaped images, batch 100) and the 4C3F
 tracked block bound) and with the paper's recipe (``configs.paper_recipe``: global LC-LMT, one
 power-iteration step and vector per layer); the train step of the colour models of
 experiments/cifar10_certified.py (batch 256, 32x32x3: LiResNet and GloRo's 6C2F, default and
-paper recipe; the AOL and SLL LipConvNets); the WRN-16-4 train step (batch 128, 32x32x3, SVHN
+paper recipe; the AOL, SLL and CPL LipConvNets); the WRN-16-4 train step (batch 128, 32x32x3, SVHN
 config) for plain training and LC-LMT; CW-L2 (100 steps x 5 rounds) on 10,000 images of the
 paper MLP; sound certification (float64 bounds, logits and pairwise radii) of the paper MLP and
 the 4C3F on 10,000 images. Every row is the median of ``--repeats`` timed runs after one untimed
@@ -48,7 +48,7 @@ REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 # (experiments/cifar10_certified.py variant, row name, whether it trains with an estimator: the
 # AOL/SLL bodies are 1-Lipschitz by construction, so they have no paper-recipe counterpart).
 COLOUR_MODELS = (('', 'LiResNet', True), ('6c2f', '6C2F', True), ('aol', 'LipConvNet-AOL', False),
-                 ('sll', 'LipConvNet-SLL', False))
+                 ('sll', 'LipConvNet-SLL', False), ('cpl', 'LipConvNet-CPL', False))
 
 
 def experiment(name: str, variant: str = ''):

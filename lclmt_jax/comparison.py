@@ -239,9 +239,11 @@ def compare_runs(workdirs: Sequence[str], outdir: str) -> list[dict]:
 
     Every run's files are read and checked first: a missing or malformed one is one ValueError
     naming it and its field, and nothing is created. ``fig2_attack.png`` is the paper's Fig. 2
-    (CW-L2 accuracy vs perturbation norm); the table (``comparison.csv``/``.json``/``.md``) has
-    the training summary and every evaluator scalar, a number that is not finite as null
-    (``writers.standard_json``; an empty cell in the CSV and Markdown). Returns the table.
+    (CW-L2 accuracy vs perturbation norm), ``certified_vs_time.png`` each run's certified
+    accuracy at the first run's radii against its training time; the table
+    (``comparison.csv``/``.json``/``.md``) has the training summary and every evaluator scalar,
+    a number that is not finite as null (``writers.standard_json``; an empty cell in the CSV and
+    Markdown). Returns the table.
     """
     run_files.check_workdir(outdir)
     runs = [read_run(workdir) for workdir in workdirs]
@@ -265,13 +267,17 @@ def compare_runs(workdirs: Sequence[str], outdir: str) -> list[dict]:
     for name, overlaid in curves.items():
         plots.plot_curve_overlay(overlaid, name, os.path.join(outdir, f'fig2_{name}.png'),
                                  subject)
+    first = runs[0].config
+    radii = first.evaluation.epsilons
+    timed = {os.path.basename(row['workdir']): (row['train_seconds'], {
+        eps: row.get(f'certified_{first.certificate}@{eps:g}') for eps in radii}) for row in table}
+    plots.plot_certified_vs_time(timed, os.path.join(outdir, 'certified_vs_time.png'), subject)
     writers.write_json(os.path.join(outdir, 'comparison.json'), table)
     columns = list(dict.fromkeys(key for row in table for key in row))
     with open(os.path.join(outdir, 'comparison.csv'), 'w', newline='') as f:
         out = csv.DictWriter(f, fieldnames=columns)
         out.writeheader()
         out.writerows(table)
-    first = runs[0].config
     with open(os.path.join(outdir, 'comparison.md'), 'w') as f:
         f.write(comparison_markdown(table, first.certificate, first.evaluation.epsilons, subject))
     return table

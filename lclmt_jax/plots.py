@@ -243,3 +243,35 @@ def plot_accuracy_curves(radii: np.ndarray, curves: Mapping[str, tuple[np.ndarra
     ax.grid(alpha=0.3)
     _legend_outside(ax, len(curves) + 1)
     return _save(fig, path)
+
+
+def plot_certified_vs_time(runs: Mapping[str, tuple[float, Mapping[float, float]]], path: str,
+                           subject: str = '') -> str:
+    """Certified accuracy against training time: one marker per run and radius, the radii of a
+    run joined by a vertical dotted line, each run named beside its top marker. ``runs`` maps a
+    name to (training seconds, {radius: certified accuracy}); radii without a figure are left
+    out. What a fixed budget buys: up and to the left is better."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    radii = sorted({radius for _, accuracies in runs.values() for radius in accuracies})
+    markers = dict(zip(radii, 'os^Dvp*', strict=False))
+    for index, (name, (seconds, accuracies)) in enumerate(runs.items()):
+        minutes = seconds / 60
+        shown = {r: a for r, a in accuracies.items() if a is not None and np.isfinite(a)}
+        if not shown:
+            continue
+        ax.plot([minutes] * len(shown), list(shown.values()), ':', color=f'C{index % 10}')
+        for radius, accuracy in shown.items():
+            ax.plot(minutes, accuracy, markers.get(radius, 'o'), color=f'C{index % 10}')
+        ax.annotate(name, (minutes, max(shown.values())), textcoords='offset points',
+                    xytext=(4, 3), fontsize=7)
+    for radius in radii:
+        ax.plot([], [], markers.get(radius, 'o'), color='0.4', label=f'certified @ {radius:.4g}')
+    ax.set_xlabel('training time (minutes)')
+    ax.set_ylabel('certified accuracy')
+    ax.set_ylim(0, 1.02)
+    ax.set_xlim(left=0)
+    title = 'Certified accuracy against training time'
+    ax.set_title(f'{title}\n{subject}' if subject else title, fontsize=10)
+    ax.grid(alpha=0.3)
+    _legend_outside(ax, len(radii))
+    return _save(fig, path)

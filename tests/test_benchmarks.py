@@ -16,7 +16,7 @@ ROWS = {
               '4C3F epoch, paper recipe'],
     'colour': ['LiResNet step, default', 'LiResNet step, paper recipe', '6C2F step, default',
                '6C2F step, paper recipe', 'LipConvNet-AOL step, default',
-               'LipConvNet-SLL step, default'],
+               'LipConvNet-SLL step, default', 'LipConvNet-CPL step, default'],
     'wrn': ['WRN-10-1 step, plain', 'WRN-10-1 step, lc_lmt'],
     'evaluation': ['CW-L2, paper MLP', 'sound certification, paper MLP',
                    'sound certification, 4C3F'],

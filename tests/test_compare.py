@@ -245,9 +245,20 @@ def test_comparison_md_has_a_headline_table_and_the_rest_transposed(runs, tmp_pa
 
 
 def test_figures_name_what_they_show_and_fit_their_curves(runs, tmp_path, drawn):
-    comparison.compare_runs(runs, str(tmp_path / 'out'))
+    table = comparison.compare_runs(runs, str(tmp_path / 'out'))
     assert set(drawn) == {'fig1a_margins.png', 'fig1b_loss.png', 'fig2_attack.png',
-                          'fig2_certified_pairwise.png', 'fig2_certified_global.png'}
+                          'fig2_certified_pairwise.png', 'fig2_certified_global.png',
+                          'certified_vs_time.png'}
+    timed = drawn['certified_vs_time.png'].axes[0]
+    points = {(float(line.get_xdata()[0]), float(line.get_ydata()[0]))
+              for line in timed.get_lines() if len(line.get_xdata()) == 1}
+    for row in table:  # a marker at (minutes of training, certified accuracy) per radius
+        for eps in EPSILONS:
+            accuracy = row.get(f'certified_pairwise@{eps:g}')
+            if accuracy is not None:
+                assert any(abs(x - row['train_seconds'] / 60) < 1e-9 and abs(y - accuracy) < 1e-9
+                           for x, y in points)
+    assert timed.get_xlabel() == 'training time (minutes)'
     titles = {name: ' '.join([fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)])
               for name, fig in drawn.items()}
     for name, title in titles.items():
