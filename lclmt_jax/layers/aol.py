@@ -144,7 +144,7 @@ def neighbour_pairs_init(key: Array, shape: tuple[int, ...], dtype: Any = jnp.fl
     linear in the image, and where ink and background colours are random per image (SVHN, the
     stand-in) the class signal of a linear map averages to zero: measured on the stand-in, the
     AOL LipConvNet stays at loss ln 10 from the identity, while a linear probe on the features of
-    this init reaches 0.87 test accuracy (docs/CERTIFIED.md, "Every 1-Lipschitz family"). Every
+    this init reaches 0.87 test accuracy against 0.20 (scripts/aol_colour_diagnosis.py). Every
     output channel reads one tap of one input channel, so C^T C is diagonal: AOL's rescaling is
     1/sqrt(2) on the channels used, exactly orthogonal columns up to that scale.
     """
