@@ -15,6 +15,7 @@ Files written by older versions are read in today's terms (``LEGACY_METRIC_NAMES
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 
@@ -66,7 +67,7 @@ def _records(path: str, skip_broken: bool = False) -> list[dict]:
             try:
                 record = json.loads(line)
                 int(record['epoch'])
-            except (ValueError, TypeError, KeyError) as error:
+            except (ValueError, TypeError, KeyError, OverflowError) as error:
                 if skip_broken:
                     continue
                 raise ValueError(f'{path}, line {number}: not a metrics record '
@@ -92,10 +93,11 @@ def rewrite_metrics(workdir: str, last_epoch: int) -> None:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """The per-epoch records of a run, in epoch order, with today's metric names."""
+    """The per-epoch records of a run, in epoch order, with today's metric names; a null figure
+    (not finite when written, ``writers.JsonlWriter``) reads as NaN."""
     records = _records(paths.confined(workdir, METRICS_FILE))
-    return [{LEGACY_METRIC_NAMES.get(name, name): value for name, value in record.items()}
-            for record in records]
+    return [{LEGACY_METRIC_NAMES.get(name, name): math.nan if value is None else value
+             for name, value in record.items()} for record in records]
 
 
 def read_json(path: str) -> dict:

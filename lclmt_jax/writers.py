@@ -130,7 +130,9 @@ class TensorBoardWriter(ScalarWriter):
 
 
 class JsonlWriter(ScalarWriter):
-    """Appends one JSON record ``{"epoch": step, **scalars}`` per step to a file."""
+    """Appends one JSON record ``{"epoch": step, **scalars}`` per step to a file, in standard
+    JSON (``standard_json``: a figure that is not finite, e.g. a diverged loss, is null, which
+    ``run_files.read_metrics`` reads back as NaN)."""
 
     def __init__(self, path: str):
         super().__init__()
@@ -138,7 +140,7 @@ class JsonlWriter(ScalarWriter):
 
     def write_record(self, step: int, scalars: Mapping[str, float]) -> None:
         with open(self.path, 'a') as f:
-            f.write(json.dumps({'epoch': step, **scalars}) + '\n')
+            f.write(json.dumps(standard_json({'epoch': step, **scalars}), allow_nan=False) + '\n')
 
 
 class ConsoleWriter(ScalarWriter):

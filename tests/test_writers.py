@@ -41,3 +41,28 @@ def test_the_trainer_and_its_writers_do_not_import_tensorflow(tmp_path):
             'w.close(); sys.exit("tensorflow" in sys.modules)')
     assert subprocess.run([sys.executable, '-c', code], cwd=os.path.dirname(
         os.path.dirname(os.path.abspath(__file__)))).returncode == 0
+
+
+def test_a_figure_that_is_not_finite_is_null_in_metrics_jsonl_and_nan_when_read(tmp_path):
+    from lclmt_jax import run_files
+
+    writer = writers.JsonlWriter(str(tmp_path / 'metrics.jsonl'))
+    writer.write_record(1, {'train_loss': float('nan'), 'test_accuracy': 0.5,
+                            'test_lipschitz': float('inf')})
+    line = (tmp_path / 'metrics.jsonl').read_text()
+    record = json.loads(line, parse_constant=lambda name: pytest.fail(f'{name} in {line}'))
+    assert record == {'epoch': 1, 'train_loss': None, 'test_accuracy': 0.5,
+                      'test_lipschitz': None}
+    (read,) = run_files.read_metrics(str(tmp_path))
+    assert read['test_accuracy'] == 0.5 and read['train_loss'] != read['train_loss']  # NaN
+
+
+def test_an_epoch_too_large_for_an_int_is_a_broken_record_not_a_crash(tmp_path):
+    from lclmt_jax import run_files
+
+    (tmp_path / 'metrics.jsonl').write_text('{"epoch": 1, "train_loss": 1.0}\n'
+                                            '{"epoch": 1e400, "train_loss": 1.0}\n')
+    with pytest.raises(ValueError, match=r'metrics.jsonl, line 2: not a metrics record'):
+        run_files.read_metrics(str(tmp_path))
+    run_files.rewrite_metrics(str(tmp_path), 1)  # resuming drops the line instead
+    assert [r['epoch'] for r in run_files.read_metrics(str(tmp_path))] == [1]
