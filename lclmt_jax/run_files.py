@@ -67,7 +67,10 @@ def _records(path: str, skip_broken: bool = False) -> list[dict]:
             try:
                 record = json.loads(line)
                 int(record['epoch'])
-            except (ValueError, TypeError, KeyError, OverflowError) as error:
+            except OverflowError:  # an infinite epoch: resuming drops it, readers name it
+                if skip_broken:
+                    continue
+            except (ValueError, TypeError, KeyError) as error:
                 if skip_broken:
                     continue
                 raise ValueError(f'{path}, line {number}: not a metrics record '

@@ -91,8 +91,10 @@ def test_the_reference_recipes_are_liresnets_and_bronets_settings(name):
                 config.augment.colour_ops) == (4, True, 2)
     with pytest.raises(ValueError, match='liresnet_ref and bronet_ref exclude each other'):
         experiment.get_config('liresnet_ref,bronet_ref')
-    with pytest.raises(ValueError, match="unknown config variant 'bro'"):
-        experiment.get_config('bro')
+    assert experiment.get_config('bro').liresnet.block == 'bro'  # BRONet's backbone
+    assert experiment.get_config('').liresnet.block == 'residual'
+    with pytest.raises(ValueError, match="unknown config variant 'brox'"):
+        experiment.get_config('brox')
 
 
 def test_the_cifar_variants_pick_their_network():
