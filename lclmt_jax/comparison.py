@@ -231,6 +231,19 @@ def comparison_markdown(table: Sequence[Mapping], certificate: str, epsilons: Se
     ])
 
 
+def _certified_in_time(row: Mapping[str, Any], certificate: str,
+                       radii: Sequence[float]) -> tuple[str, tuple[float, dict]]:
+    """A run's name, training seconds and certified accuracy at ``radii``: the float32-sound
+    figures, or where the run has none (a network whose rounding is not analysed, e.g. SLL) the
+    exact-arithmetic ones, its name then saying so."""
+    name = os.path.basename(row['workdir'])
+    sound = {eps: row.get(f'certified_{certificate}@{eps:g}') for eps in radii}
+    if any(value is not None for value in sound.values()):
+        return name, (row['train_seconds'], sound)
+    exact = {eps: row.get(f'certified_exact_{certificate}@{eps:g}') for eps in radii}
+    return f'{name} (exact arithmetic)', (row['train_seconds'], exact)
+
+
 def compare_runs(workdirs: Sequence[str], outdir: str) -> list[dict]:
     """Overlays runs into Fig. 1a, 1b and one figure per curve, plus a results table.
 
@@ -265,9 +278,8 @@ def compare_runs(workdirs: Sequence[str], outdir: str) -> list[dict]:
         plots.plot_curve_overlay(overlaid, name, os.path.join(outdir, f'fig2_{name}.png'),
                                  subject)
     first = runs[0].config
-    radii = first.evaluation.epsilons
-    timed = {os.path.basename(row['workdir']): (row['train_seconds'], {
-        eps: row.get(f'certified_{first.certificate}@{eps:g}') for eps in radii}) for row in table}
+    timed = dict(_certified_in_time(row, first.certificate, first.evaluation.epsilons)
+                 for row in table)
     plots.plot_certified_vs_time(timed, os.path.join(outdir, 'certified_vs_time.png'), subject)
     writers.write_json(os.path.join(outdir, 'comparison.json'), table)
     columns = list(dict.fromkeys(key for row in table for key in row))

@@ -263,7 +263,7 @@ def plot_certified_vs_time(runs: Mapping[str, tuple[float, Mapping[float, float]
         for radius, accuracy in shown.items():
             ax.plot(minutes, accuracy, markers.get(radius, 'o'), color=f'C{index % 10}')
         ax.annotate(name, (minutes, max(shown.values())), textcoords='offset points',
-                    xytext=(4, 3), fontsize=7)
+                    xytext=(4, 3 + 9 * (index % 2)), fontsize=7)  # neighbours apart
     for radius in radii:
         ax.plot([], [], markers.get(radius, 'o'), color='0.4', label=f'certified @ {radius:.4g}')
     ax.set_xlabel('training time (minutes)')
@@ -273,5 +273,5 @@ def plot_certified_vs_time(runs: Mapping[str, tuple[float, Mapping[float, float]
     title = 'Certified accuracy against training time'
     ax.set_title(f'{title}\n{subject}' if subject else title, fontsize=10)
     ax.grid(alpha=0.3)
-    _legend_outside(ax, len(radii))
+    ax.legend(fontsize=7, loc='lower left')  # names run out to the right; this corner is free
     return _save(fig, path)
