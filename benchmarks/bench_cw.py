@@ -85,6 +85,9 @@ def main() -> None:
     parser.add_argument('--standalone', action='store_true',
                         help='use the jnp MLP defined here even if lclmt_jax.models exists')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--abort-early', choices=('on', 'off', 'both'), default='on',
+                        help='both: time the attack with and without abort_early, interleaved, '
+                             'and compare their norms')
     args = parser.parse_args()
 
     epsilons = None
@@ -105,24 +108,44 @@ def main() -> None:
              'batch_size': args.batch_size}
     config = config._replace(**{key: value for key, value in given.items() if value is not None})
 
+    settings = {'on': [True], 'off': [False], 'both': [True, False]}[args.abort_early]
+    configs = {abort: config._replace(abort_early=abort) for abort in settings}
     print(f'jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} cpus); '
-          f'model: {source}; {config}')
+          f'model: {source}; {configs[settings[0]]}')
 
-    start = time.perf_counter()
-    norms = cw_l2_min_norms(logits_fn, images, labels, config)
-    first_s = time.perf_counter() - start
-    print(f'first call (jit compile + run): {first_s:.2f} s')
-
-    times = []
+    norms, times = {}, {abort: [] for abort in settings}
+    for abort, setting in configs.items():
+        start = time.perf_counter()
+        norms[abort] = cw_l2_min_norms(logits_fn, images, labels, setting)
+        print(f'abort_early={abort}: first call (jit compile + run): '
+              f'{time.perf_counter() - start:.2f} s')
     for i in range(args.repeats):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        norms = cw_l2_min_norms(logits_fn, images, labels, config)
-        times.append(time.perf_counter() - start)
-        # CPU seconds of this process: if they fall well short of cores x wall, the machine was
-        # shared and the wall time overstates the cost.
-        print(f'run {i + 1}/{args.repeats}: {times[-1]:.2f} s '
-              f'(process cpu {time.process_time() - cpu_start:.1f} s)')
+        for abort, setting in configs.items():  # interleaved: machine noise hits both alike
+            start, cpu_start = time.perf_counter(), time.process_time()
+            norms[abort] = cw_l2_min_norms(logits_fn, images, labels, setting)
+            times[abort].append(time.perf_counter() - start)
+            # CPU seconds of this process: if they fall well short of cores x wall, the machine
+            # was shared and the wall time overstates the cost.
+            print(f'abort_early={abort} run {i + 1}/{args.repeats}: {times[abort][-1]:.2f} s '
+                  f'(process cpu {time.process_time() - cpu_start:.1f} s)')
+    medians = {abort: float(np.median(t)) if t else float('nan') for abort, t in times.items()}
+    for abort in settings:
+        print(f'SUMMARY cw_l2 n={len(labels)} steps={config.steps} '
+              f'binary_steps={config.binary_search_steps} abort_early={abort}: median '
+              f'{medians[abort]:.2f} s over {len(times[abort])} runs '
+              f'[{", ".join(f"{t:.2f}" for t in times[abort])}], '
+              f'{_found(norms[abort], epsilons)}')
+    if len(settings) == 2:
+        on, off = norms[True], norms[False]
+        both = np.isfinite(on) & np.isfinite(off) & (off > 0)
+        ratio = on[both] / off[both]
+        print(f'SUMMARY abort_early on/off: time ratio {medians[True] / medians[False]:.3f}; '
+              f'norm ratio on {both.sum()} points found by both: median {np.median(ratio):.4f}, '
+              f'max {ratio.max():.4f}' if both.any() else 'no point found by both')
 
+
+def _found(norms: np.ndarray, epsilons) -> str:
+    """What the attack found: how many points, their median norm, accuracy at each radius."""
     finite = norms[np.isfinite(norms)]
     found = f'{finite.size}/{norms.size} found'
     if finite.size:
@@ -131,11 +154,8 @@ def main() -> None:
         accuracies = accuracy_under_attack(norms, epsilons)
         found += ', attack@' + ' '.join(f'{eps:g}:{accuracy:.4f}'
                                         for eps, accuracy in zip(epsilons, accuracies, strict=True))
-    median = float(np.median(times)) if times else float('nan')
-    print(f'SUMMARY cw_l2 n={len(labels)} steps={config.steps} '
-          f'binary_steps={config.binary_search_steps}: first (compiles) {first_s:.2f} s, '
-          f'median {median:.2f} s over {len(times)} runs '
-          f'[{", ".join(f"{t:.2f}" for t in times)}], {found}')
+    return found
+
 
 
 def _trained_run(workdir: str, count: int):

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lclmt_jax import attacks
 from lclmt_jax.attacks import (
     CWConfig,
     accuracy_under_attack,
@@ -216,6 +217,32 @@ def test_one_compilation_per_function_and_config():
     # the plain forward pass and the step, for the two batch shapes (2 and 1): far fewer than
     # the 2 x 20 steps of each chunk
     assert count <= 8
+
+
+def test_abort_early_ends_converged_rounds_without_losing_distance(monkeypatch):
+    """abort_early takes fewer example-steps than the full search on a problem whose rounds
+    converge early, and finds the same distances (within 1%): it only stops optimisation that
+    had stopped improving."""
+    logits_fn, images, labels, r_star = _linear_problem(seed=1, kappa=0.0)
+    step = attacks.cw_l2_step
+    row_steps = []
+
+    def counted(logits_fn, images, *rest, **kwargs):
+        row_steps.append(images.shape[0])
+        return step(logits_fn, images, *rest, **kwargs)
+
+    monkeypatch.setattr(attacks, 'cw_l2_step', counted)
+    wide = np.concatenate([images] * 4)  # 64 rows: room to shrink the batch below half
+    norms = {}
+    for abort in (False, True):
+        row_steps.clear()
+        norms[abort] = cw_l2_min_norms(logits_fn, wide, np.tile(labels, 4),
+                                       CWConfig(abort_early=abort))
+        norms[abort, 'cost'] = sum(row_steps)
+    assert norms[True, 'cost'] < 0.9 * norms[False, 'cost'], norms
+    assert np.isfinite(norms[True]).all()
+    np.testing.assert_allclose(norms[True], norms[False], rtol=0.01)
+    assert (norms[True] >= np.tile(r_star, 4) * (1 - 1e-5) - 1e-6).all()
 
 
 def test_accuracy_under_attack():

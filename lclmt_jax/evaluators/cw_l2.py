@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 
 from lclmt_jax.evaluators import Column, Context, Curve, Result, evaluator, stratified_sample
-from lclmt_jax.fields import Field, Integer, Number
+from lclmt_jax.fields import Field, Flag, Integer, Number
 
 
 # 0.1, not CW's 0.01 (tuned for 10,000 steps): with 100 steps, pixels at exactly 0 or 1 (most of
@@ -16,7 +16,7 @@ from lclmt_jax.fields import Field, Integer, Number
 @evaluator('cw_l2', steps=Field(100, Integer()), binary_search_steps=Field(5, Integer()),
            confidence=Field(0.0, Number()), learning_rate=Field(0.1, Number(strict=True)),
            initial_const=Field(1.0, Number(strict=True)), batch_size=Field(10000, Integer()),
-           max_examples=Field(None, Integer(optional=True)))
+           abort_early=Field(True, Flag()), max_examples=Field(None, Integer(optional=True)))
 def cw_l2(context: Context, settings: ml_collections.ConfigDict) -> Result:
     """Accuracy under attack at ``config.evaluation.epsilons``, and broken certificates.
 
@@ -26,7 +26,8 @@ def cw_l2(context: Context, settings: ml_collections.ConfigDict) -> Result:
     the self-check, ``broken_certificates_both`` counts both certificates).
     Settings (``config.evals.cw_l2``): ``steps`` Adam iterations per binary-search step (100, the
     paper's), ``binary_search_steps``, ``confidence``, ``learning_rate``, ``initial_const``,
-    ``batch_size`` (points attacked at once) and ``max_examples`` (None: all), which attacks
+    ``batch_size`` (points attacked at once), ``abort_early`` (an example's round ends once
+    its objective stops falling: ``attacks.CWConfig``) and ``max_examples`` (None: all), which attacks
     only that many points, a fixed stratified sample (``evaluators.stratified_sample``): the
     attack costs ~500 gradient steps per point, hours for a CNN on the full test set on a CPU,
     while the certificates still cover every point. On a sample, the certified accuracy of the
