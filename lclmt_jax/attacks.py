@@ -96,8 +96,9 @@ class CWConfig(NamedTuple):
         example here): every ``steps // 10`` steps, an example whose lowest objective and
         closest success both improved by less than ``_ABORT_TOLERANCE`` (relative) over each
         of the last ``_ABORT_PATIENCE`` windows is done for this round, and leaves the batch
-        once the rest fit a batch of half the size (``cw_l2_round``). Its best success is kept, so this only ends
-        optimisation that had converged. False: every example takes every step.
+        once the rest fit a batch of half the size (``cw_l2_round``). Its best success is
+        kept, so this only ends optimisation that had converged. False: every example takes
+        every step.
     """
 
     steps: int = 100

@@ -60,6 +60,15 @@ def schema() -> Schema:
         # the loss sees logits / T and is multiplied by T (losses.method_loss); < 1 sharpens the
         # cross-entropy of networks 1-Lipschitz by construction (1LipschitzLayersCompared: 1/4)
         'logit_temperature': Field(1.0, Number(strict=True)),
+        # method 'la' only: the Logit Annealing loss's focal exponent, temperature and true-class
+        # offset (losses.logit_annealing; BRONet's 5, 0.75, 2). Its temperature acts inside the
+        # criterion, on top of logit_temperature (which divides the logits before it): keep one
+        # of the two at 1.
+        'logit_annealing': {
+            'gamma': Field(5.0, Number()),
+            'temperature': Field(0.75, Number(strict=True)),
+            'offset': Field(2.0, Number()),
+        },
         'seed': Field(0, Integer(minimum=0)),
         # The training estimate of the bound (lclmt_jax.bounds.Estimator) and how it is watched
         # (docs/CERTIFIED.md measures one vector against a block of 16).

@@ -54,14 +54,17 @@ def cross_entropy(logits: Array, labels: Array) -> Array:
 class Method(NamedTuple):
     """A training method: its logit inflation, the certificate (a ``margins.CERTIFICATES`` name)
     whose required gaps it inflates by, its name in figures and tables, ``paper``: the
-    registered method its paper published (``configs.paper_recipe``; None: no paper form), and
-    ``criterion``: the per-example loss of the inflated logits and the labels."""
+    registered method its paper published (``configs.paper_recipe``; None: no paper form),
+    ``criterion``: the per-example loss of the inflated logits and the labels, and
+    ``configured_criterion``: where the criterion has settings, the criterion a config asks for
+    (``configured_method``; None: ``criterion`` as registered)."""
 
     inflate: Inflation
     certificate: str
     label: str
     paper: str | None = None
     criterion: Criterion = cross_entropy
+    configured_criterion: Callable[[ml_collections.ConfigDict], Criterion] | None = None
 
 
 METHODS: Registry[Method] = Registry('method')
@@ -144,7 +147,8 @@ def logit_annealing(gamma: float, temperature: float, offset: float) -> Criterio
     return criterion
 
 
-# BRONet's settings for CIFAR-10/100 (configs/benchmark_reproduce): gamma 5, T 0.75, offset 2.
+# BRONet's settings for CIFAR-10/100 (configs/benchmark_reproduce): gamma 5, T 0.75, offset 2;
+# the defaults of config.logit_annealing.
 LOGIT_ANNEALING = {'gamma': 5.0, 'temperature': 0.75, 'offset': 2.0}
 
 # plain inflates nothing; its certificate only decides which margin its metrics report. LMT and
@@ -159,8 +163,19 @@ METHODS.register('lc_lmt_pairwise', Method(inflate_binding_rival, 'pairwise', 'L
 METHODS.register('gloro', Method(append_bottom_logit, 'pairwise', 'GloRo', paper='gloro'))
 METHODS.register('emma', Method(inflate_by_achieved_margin, 'pairwise', 'EMMA', paper='emma'))
 # LA trains on EMMA's logits (BRONet's logit_annealing_loss with its Lipschitz regularisation).
-METHODS.register('la', Method(inflate_by_achieved_margin, 'pairwise', 'LA', paper='la',
-                              criterion=logit_annealing(**LOGIT_ANNEALING)))
+METHODS.register('la', Method(
+    inflate_by_achieved_margin, 'pairwise', 'LA', paper='la',
+    criterion=logit_annealing(**LOGIT_ANNEALING),
+    configured_criterion=lambda config: logit_annealing(**config.logit_annealing)))
+
+
+def configured_method(config: ml_collections.ConfigDict) -> Method:
+    """``config.method`` with its criterion's settings from ``config`` (``la``:
+    ``config.logit_annealing``): the method the train step minimises."""
+    method = METHODS.get(config.method)
+    if method.configured_criterion is None:
+        return method
+    return method._replace(criterion=method.configured_criterion(config))
 
 
 def trains_for_margin(method: Method) -> bool:

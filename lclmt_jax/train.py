@@ -83,7 +83,7 @@ def make_train_step(model: nn.Module, config: ml_collections.ConfigDict,
     inflation. With ``config.augment`` on, the batch is augmented first (``augment.augment``),
     with the key of (seed, state.step).
     """
-    method = losses.METHODS.get(config.method)
+    method = losses.configured_method(config)
     augmentation = dict(config.augment)
 
     def train_step(state: TrainState, images: Array, labels: Array):

@@ -243,6 +243,20 @@ def test_logit_annealing_reduces_to_cross_entropy_and_its_gradient_stays_finite(
     assert ratio[0] < 1e-3 < 0.9 < ratio[1] <= 1.0
 
 
+def test_la_reads_its_settings_from_the_config():
+    """config.logit_annealing sets the LA criterion the train step uses; its defaults are the
+    registered (BRONet) ones, and methods without settings come back as registered."""
+    config = config_schema.default_config()
+    config.method = 'la'
+    chex.assert_trees_all_close(losses.configured_method(config).criterion(LOGITS, LABELS),
+                                losses.METHODS.get('la').criterion(LOGITS, LABELS))
+    config.logit_annealing.update(gamma=0.0, temperature=1.0, offset=0.0)
+    chex.assert_trees_all_close(losses.configured_method(config).criterion(LOGITS, LABELS),
+                                losses.cross_entropy(LOGITS, LABELS), rtol=1e-6)
+    config.method = 'emma'
+    assert losses.configured_method(config) is losses.METHODS.get('emma')
+
+
 def test_the_epsilon_ramp_starts_at_its_start_fraction():
     """LiResNet's and BRONet's 0.1x -> 3x ramp: epsilon 3·r, start 1/30, over half the run."""
     config = config_schema.default_config()
