@@ -17,7 +17,9 @@ Algorithm (Carlini & Wagner 2017, untargeted form), per example:
   constant c;
 * binary search on c: after each round, success lowers the upper bound, failure raises the lower
   bound (or multiplies c by 10 while no upper bound is known);
-* the smallest successful perturbation seen at *any* iteration of *any* round is kept.
+* the smallest successful perturbation seen at *any* iteration of *any* round is kept;
+* (``abort_early``) an example's round ends early once its objective and its closest success
+  have stopped improving.
 
 Each round over a batch -- every Adam step -- is one jitted call (``cw_l2_round``, a
 ``lax.scan``); the host runs the binary search between rounds, so an example whose answer is
