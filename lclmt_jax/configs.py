@@ -60,6 +60,18 @@ def liresnet_recipe(config: ml_collections.ConfigDict, training_epsilon: float,
     return config
 
 
+def stretch_schedule(config: ml_collections.ConfigDict,
+                     num_epochs: int) -> ml_collections.ConfigDict:
+    """The same schedule over ``num_epochs``: the radius ramp and the learning-rate warm-up keep
+    their share of the run (the cosine decay and the step schedule's boundaries already follow
+    ``num_epochs``)."""
+    scale = num_epochs / config.num_epochs
+    config.num_epochs = num_epochs
+    config.epsilon_warmup_epochs *= scale
+    config.learning_rate_warmup_epochs *= scale
+    return config
+
+
 REFERENCE_RADIUS = 36 / 255  # the radius LiResNet and BRONet certify on CIFAR
 
 

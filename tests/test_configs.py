@@ -97,6 +97,21 @@ def test_the_reference_recipes_are_liresnets_and_bronets_settings(name):
         experiment.get_config('brox')
 
 
+def test_the_standin_liresnet_trains_its_longer_cpu_schedule():
+    """``standin,short`` stretches the LiResNet's 16 epochs to 44 with the ramps in proportion;
+    the LipConvNets and CIFAR-10 itself keep 16."""
+    cifar10 = _experiment('cifar10_certified')
+    standin = cifar10.get_config('standin,short')
+    assert (standin.num_epochs, standin.epsilon_warmup_epochs, standin.batch_size) == (
+        cifar10.STANDIN_LIRESNET_EPOCHS, cifar10.STANDIN_LIRESNET_EPOCHS / 2, 64)
+    reference = cifar10.get_config('standin,short,liresnet_ref')
+    assert reference.learning_rate_warmup_epochs == pytest.approx(
+        cifar10.STANDIN_LIRESNET_EPOCHS / 40)
+    for variant in ('short', 'standin,short,aol', 'standin,short,cpl'):
+        config = cifar10.get_config(variant)
+        assert (config.num_epochs, config.epsilon_warmup_epochs) == (16, 8), variant
+
+
 def test_the_cifar_variants_pick_their_network():
     cifar10 = _experiment('cifar10_certified')
     for layer in ('aol', 'sll', 'cpl'):
