@@ -45,7 +45,6 @@ def _symbol_matrix(symbol, shape, padding):
     return np.asarray(columns).reshape(len(eye), -1).T
 
 
-@pytest.mark.fast
 def test_the_reflector_has_the_predicted_singular_values():
     """|W|_2 = 1 (the complement of range V) and the other singular values are
     |eps - s²|/(s² + eps), s those of V: a contraction, unitary only as eps -> 0; eps > 0 keeps
@@ -66,7 +65,6 @@ def test_the_reflector_has_the_predicted_singular_values():
     np.testing.assert_array_equal(zero, np.eye(4))
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize('padding', ['zero', 'circular'])
 def test_an_identity_kernel_reflects_the_first_rank_channels(padding):
     """V = [I_r; 0] at the centre tap: W = diag(-I_r, I_{C-r}) at every frequency (up to eps), so
@@ -80,7 +78,6 @@ def test_an_identity_kernel_reflects_the_first_rank_channels(padding):
     np.testing.assert_allclose(np.asarray(y), expected, atol=1e-4)
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize('padding', ['zero', 'circular'])
 def test_the_sound_bound_covers_the_dense_svd_and_is_near_one(padding):
     """bound >= the exact norm of the float64 layer's dense matrix and of the float32 network's
@@ -118,7 +115,6 @@ def test_float32_outputs_and_float64_jacobians_stay_within_the_bound(padding):
     assert np.linalg.norm(_dense_matrix(layer, variables, SHAPE), 2) <= bound
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize('padding', ['zero', 'circular'])
 def test_the_float32_deviation_covers_the_measured_float32_error(padding):
     """|BRO32(x) - BRO64(x)| <= delta·|x| on random inputs (the estimate of A5/A6), and delta is
@@ -135,7 +131,6 @@ def test_the_float32_deviation_covers_the_measured_float32_error(padding):
     assert 2.0**-24 < delta < 1e-4 and errors.max() > 0
 
 
-@pytest.mark.fast
 def test_bad_settings_say_so_in_one_line():
     x = jnp.zeros((1, 6, 6, 4))
     for layer, match in ((bro.BROConv(rank=4), 'rank 4'), (bro.BROConv(kernel_size=2), 'odd'),

@@ -19,8 +19,6 @@ import pytest
 import lclmt_jax
 from lclmt_jax import data, run_files
 
-pytestmark = pytest.mark.fast
-
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures')
 RUNS = ('run_151ddc4', 'cnn_151ddc4')
 
