@@ -10,7 +10,7 @@ scratch=${1:-$(mktemp -d)}
 git clone -q "$repo" "$scratch/clone"
 cd "$scratch/clone"
 python3 -m venv .venv
-.venv/bin/pip install -q -r requirements-dev.txt -e . >/dev/null
+.venv/bin/pip install -q -r requirements-dev.txt -e . >/dev/null 2>&1  # pip warns about absent mirrors
 export TF_CPP_MIN_LOG_LEVEL=2
 for tier in fast full; do
   export LCLMT_JAX_CACHE="$scratch/xla-$tier" JAX_COMPILATION_CACHE_DIR="$scratch/xla-$tier"
