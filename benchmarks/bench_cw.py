@@ -157,7 +157,6 @@ def _found(norms: np.ndarray, epsilons) -> str:
     return found
 
 
-
 def _trained_run(workdir: str, count: int):
     """The restored run's logits, its first ``count`` test points and labels, its attack settings
     and its evaluation radii."""

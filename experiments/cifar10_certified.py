@@ -7,8 +7,8 @@ constants |w_t - w_j|·L_body. Trained with pairwise LC-LMT at the training radi
 1.5 x 36/255 ramped up linearly over the first half of training (LiResNet's ramp), Adam with a
 cosine decay, gradients clipped to norm 3; CIFAR-10 with random crops (4 pixels) and horizontal
 flips. LiResNet's EMMA loss is one flag away (``--config.method=emma``). Every radius in
-``evaluation.epsilons`` (36/255, 72/255, 108/255, 0.2) is certified with the sound bound (float64 circular-embedding
-norms) for the float32 network as it runs (``rounding``).
+``evaluation.epsilons`` (36/255, 72/255, 108/255, 0.2) is certified with the sound bound (float64
+circular-embedding norms) for the float32 network as it runs (``rounding``).
 
 Full schedule (a GPU; TFDS ``cifar10``, ``--config.data.manual_dir=DIR`` offline):
   python launch.py --config=experiments/cifar10_certified.py --workdir=runs/cifar10_liresnet \
@@ -41,14 +41,14 @@ Variants (parts joined by commas): ``6c2f`` (GloRo's CNN instead of the LiResNet
 ``sll`` and ``cpl`` (``models/lipconvnet.py``: a ConvNet of AOL, SLL or CPL convs, 1-Lipschitz by
 construction up to its head, in the style of "1-Lipschitz Layers Compared"), ``standin`` (the
 npz stand-in at ``--config.data.path``), ``short`` (the CPU schedule: a narrower, shallower
-LiResNet, 16 epochs, batch 64; the stand-in's LiResNet trains 44), and the reference recipes (``configs.reference_recipe``):
-``liresnet_ref``, LiResNet's CIFAR-10 settings (depth 12, width 512, neck 512, dense 2048, EMMA,
-NAdam 1e-3 in Lookahead, 20 of 800 epochs of warm-up then cosine, gradient clip 3, training
-radius 0.1x -> 3x of 36/255 over the first 400 epochs, 10 power-iteration steps per update,
-crops, flips and RandAugment's colour ops; their 8 residual dense layers after the neck are not
-in this LiResNet), and ``bronet_ref``, BRONet's (the same with the LA loss and weight decay
-4e-5), on the same LiResNet; ``bro`` puts BRONet's BRO layers (lclmt_jax/layers/bro.py) in
-the residual blocks. Both recipes certify at 36/255 like the default:
+LiResNet, 16 epochs, batch 64; the stand-in's LiResNet trains 44), and the reference recipes
+(``configs.reference_recipe``): ``liresnet_ref``, LiResNet's CIFAR-10 settings (depth 12, width
+512, neck 512, dense 2048, EMMA, NAdam 1e-3 in Lookahead, 20 of 800 epochs of warm-up then
+cosine, gradient clip 3, training radius 0.1x -> 3x of 36/255 over the first 400 epochs, 10
+power-iteration steps per update, crops, flips and RandAugment's colour ops; their 8 residual
+dense layers after the neck are not in this LiResNet), and ``bronet_ref``, BRONet's (the same
+with the LA loss and weight decay 4e-5), on the same LiResNet; ``bro`` puts BRONet's BRO layers
+(lclmt_jax/layers/bro.py) in the residual blocks. Both recipes certify at 36/255 like the default:
   python launch.py --config=experiments/cifar10_certified.py:liresnet_ref \
       --workdir=runs/cifar10_liresnet_ref --evaluators=certificates,cw_l2 --attack_examples=1000
 Results, timings and the design runs behind these choices (crops, EMMA, batch size, the AOL

@@ -21,9 +21,9 @@ Algorithm (Carlini & Wagner 2017, untargeted form), per example:
 * (``abort_early``) an example's round ends early once its objective and its closest success
   have stopped improving.
 
-Each round over a batch -- every Adam step -- is one jitted call (``cw_l2_round``, a
-``lax.scan``); the host runs the binary search between rounds, so an example whose answer is
-settled (misclassified from the start, or past a caller's ``stop_below``) leaves the batch and
+Each Adam step of a round over a batch is one jitted call (``cw_l2_step``, from the host loop
+of ``cw_l2_round``); the host runs the binary search between rounds, so an example whose answer
+is settled (misclassified from the start, or past a caller's ``stop_below``) leaves the batch and
 costs nothing more, and the rounds of the examples still searched fill the batches at the
 model's full width. Batches are padded to a few sizes, each compiled once.
 """
@@ -56,8 +56,8 @@ _UPPER_KNOWN_BELOW = 1e9
 # ulps could then be classified correctly by the caller's own check. The cost in distance is about
 # guard / |grad margin|, i.e. ~1e-5 of the norm, far below the attack's own optimisation error.
 _MARGIN_GUARD = 1e-5
-# abort_early: an example's round ends when its lowest objective fell by less than this fraction
-# (CW's 0.9999 test) over a window of steps // 10 steps.
+# abort_early: an example's round ends when its lowest objective and its closest success each fell
+# by less than this fraction (CW's 0.9999 test) over a window of steps // 10 steps ...
 _ABORT_TOLERANCE = 1e-4
 # ... in this many windows in a row (Adam at the default step oscillates about the boundary for
 # windows and then refines again: with 2, one of 16 closed-form points ended 2% farther).
@@ -209,8 +209,8 @@ def cw_l2_round(
     beside a step's milliseconds. With ``config.abort_early`` the host looks at the examples'
     lowest objectives every ``steps // 10`` steps; once the examples still improving fit a batch
     of half the size or less (a power of two, at least ``_SMALLEST_BATCH``), the converged ones
-    are done and the rest go on in that smaller batch (``_compacted``), so a round costs what
-    its slowest examples need, not ``steps`` full batches.
+    are done and the rest go on in that smaller batch (``_compacted_size``, ``_gather_rows``), so
+    a round costs what its slowest examples need, not ``steps`` full batches.
     """
     images = jnp.asarray(images, jnp.float32)
     labels, const = jnp.asarray(labels), jnp.asarray(const, jnp.float32)

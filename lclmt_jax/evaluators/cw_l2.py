@@ -28,8 +28,8 @@ def cw_l2(context: Context, settings: ml_collections.ConfigDict) -> Result:
     paper's), ``binary_search_steps``, ``confidence``, ``learning_rate``, ``initial_const``,
     ``batch_size`` (points attacked at once), ``abort_early`` (an example's round ends once
     its objective stops falling: ``attacks.CWConfig``) and ``max_examples`` (None: all), which
-    attacks only that many points, a fixed stratified sample (``evaluators.stratified_sample``): the
-    attack costs ~500 gradient steps per point, hours for a CNN on the full test set on a CPU,
+    attacks only that many points, a fixed stratified sample (``evaluators.stratified_sample``):
+    the attack costs ~500 gradient steps per point, hours for a CNN on the full test set on a CPU,
     while the certificates still cover every point. On a sample, the certified accuracy of the
     same points (``certified_sample_<certificate>@eps``) stands beside the attack's, so a row
     compares figures over one set of points, and every label says which points it covers.
